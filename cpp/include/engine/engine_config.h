@@ -1,0 +1,33 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace engine {
+
+enum class SchedulingPolicy { kFcfs, kPriority };
+
+struct EngineConfig {
+  std::string model;                  // a directory with config.json and *.safetensors
+  std::string dtype = "auto";         // weights: auto (as stored), float32, bfloat16, float16
+  std::string load_format = "auto";   // auto: safetensors; dummy: random weights from config.json
+  std::string device = "auto";        // auto, cpu (cuda arrives with the CUDA backend)
+  std::optional<int> max_model_len;   // default: the model's max_position_embeddings
+  int block_size = 16;                // tokens per KV-cache block
+  int max_num_seqs = 256;             // running requests per step
+  int max_num_batched_tokens = 2048;  // tokens computed per step (the token budget)
+  bool enable_prefix_caching = true;
+  SchedulingPolicy policy = SchedulingPolicy::kFcfs;
+  uint64_t seed = 0;  // seeds requests that carry no seed of their own
+  // KV-cache size: num_kv_blocks when set, else kv_cache_memory_bytes (default 4 GiB on the
+  // CPU, as vLLM's CPU backend), capped at what max_num_seqs full-length requests can use.
+  std::optional<int64_t> num_kv_blocks;
+  std::optional<int64_t> kv_cache_memory_bytes;
+  int num_threads = 0;  // CPU threads for the kernels; 0: OpenMP's default
+
+  // Throws std::invalid_argument naming the field, its value and what is allowed.
+  void validate() const;
+};
+
+}  // namespace engine

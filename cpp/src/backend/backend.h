@@ -1,0 +1,83 @@
+#pragma once
+// The Backend interface: memory plus one entry per kernel. Model code is written once
+// against it; the CPU backend (plain C++ + OpenMP, fp32 compute) and the CUDA backend differ
+// only in what is behind these entries.
+//
+// Conventions: activations are fp32 on the CPU backend (the CUDA backend will use the model
+// dtype); weights may be fp32, bf16 or fp16 and are converted inside the kernel. Every
+// Tensor is contiguous and row-major. T = tokens in the step, B = sequences in the step.
+
+#include <memory>
+#include <optional>
+
+#include "backend/tensor.h"
+
+namespace engine {
+
+// Attention metadata, built once per step by the runner and used by every layer.
+struct AttentionMetadata {
+  int num_seqs = 0;  // B
+  int max_query_len = 0;
+  int max_seq_len = 0;
+  int max_blocks_per_seq = 0;  // columns of block_table
+  Tensor query_start_loc;      // [B + 1] i32, prefix sums of query lengths
+  Tensor seq_lens;             // [B] i32, tokens in context after this step (cached + new)
+  Tensor block_table;          // [B, max_blocks_per_seq] i32, padded with the null block 0
+  Tensor slot_mapping;         // [T] i32, cache slot of each new token: block * block_size + offset
+  Tensor positions;            // [T] i32, position of each new token within its sequence
+};
+
+// One layer's paged KV cache.
+struct KVCacheLayer {
+  Tensor k;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  Tensor v;  // [num_blocks, block_size, num_kv_heads, head_dim]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceType device_type() const = 0;
+  virtual const char* name() const = 0;
+  // The activation dtype this backend computes in (fp32 on the CPU).
+  virtual DType compute_dtype() const = 0;
+
+  virtual Buffer allocate(size_t nbytes) = 0;
+  virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.nbytes() bytes
+  virtual void copy_to_host(void* dst, Tensor src) = 0;
+  virtual void synchronize() {}
+
+  // out[t, :] = table[ids[t], :]
+  virtual void embedding(Tensor out /*[T, H]*/, Tensor table /*[V, H]*/,
+                         Tensor ids /*[T] i32*/) = 0;
+  // out[r, :] = x[r, :] / rms(x[r, :]) * weight; out may alias x.
+  virtual void rms_norm(Tensor out /*[R, D]*/, Tensor x /*[R, D]*/, Tensor weight /*[D]*/,
+                        float eps) = 0;
+  // residual += x; x = rms_norm(residual) * weight  (the pre-norm block's fused step)
+  virtual void add_rms_norm(Tensor x /*[R, D] in/out*/, Tensor residual /*[R, D] in/out*/,
+                            Tensor weight /*[D]*/, float eps) = 0;
+  // out = x @ weight^T (+ bias)
+  virtual void linear(Tensor out /*[T, N]*/, Tensor x /*[T, K]*/, Tensor weight /*[N, K]*/,
+                      const Tensor* bias /*[N] or null*/) = 0;
+  // Rotates q and k in place (neox style: pairs (i, i + D/2)) by the angles of their
+  // positions, then writes k and v into the paged cache at slot_mapping.
+  virtual void rope_and_cache(Tensor q /*[T, Hq, D]*/, Tensor k /*[T, Hk, D]*/,
+                              Tensor v /*[T, Hk, D]*/, Tensor cos_sin /*[max_pos, D] f32: cos
+                              in [:, :D/2], sin in [:, D/2:]*/
+                              ,
+                              const AttentionMetadata& meta, KVCacheLayer cache) = 0;
+  // Causal attention of each new token over its sequence's cached context (itself included),
+  // GQA by head index (q head h reads kv head h / (Hq / Hk)); sliding window if given (keys at
+  // positions > pos - window).
+  virtual void attention(Tensor out /*[T, Hq, D]*/, Tensor q /*[T, Hq, D]*/, KVCacheLayer cache,
+                         const AttentionMetadata& meta, float scale,
+                         std::optional<int> sliding_window) = 0;
+  // out = silu(x[:, :I]) * x[:, I:]
+  virtual void silu_and_mul(Tensor out /*[T, I]*/, Tensor x /*[T, 2I]*/) = 0;
+  // out[i, :] = x[indices[i], :]
+  virtual void gather_rows(Tensor out /*[S, H]*/, Tensor x /*[T, H]*/,
+                           Tensor indices /*[S] i32*/) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+}  // namespace engine

@@ -1,0 +1,70 @@
+#pragma once
+// Scheduler: one token budget per step, no prefill/decode phases. Every step each running
+// sequence's num_computed_tokens catches up toward its num_tokens within
+// max_num_batched_tokens; chunked prefill, decode and prefix hits fall out of the same loop.
+// When blocks run out the lowest-priority running sequence is preempted (blocks freed,
+// recomputed later).
+
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "core/kv_cache_manager.h"
+#include "core/request.h"
+#include "core/scheduler_output.h"
+#include "engine/engine_config.h"
+
+namespace engine {
+
+struct SchedulerConfig {
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 2048;
+  SchedulingPolicy policy = SchedulingPolicy::kFcfs;
+  std::vector<int> eos_token_ids;
+};
+
+// A sequence that advanced or finished in update_from_output (or was aborted).
+struct SequenceUpdate {
+  SeqId seq_id = 0;
+  std::vector<int> new_token_ids;
+  std::vector<TokenLogprobs> new_logprobs;
+  std::optional<FinishReason> finish_reason;  // set once finished
+};
+
+struct SchedulerStats {
+  int num_running = 0;
+  int num_waiting = 0;
+  int64_t num_preemptions = 0;
+  int64_t num_prefix_cache_queries = 0;  // prompt tokens looked up in the prefix cache
+  int64_t num_prefix_cache_hits = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerConfig& config, KVCacheManager& kv_cache);
+
+  void add_request(std::unique_ptr<Request> request);
+  // Finishes the sequences with finish reason kAbort, frees their blocks; returns an update
+  // for each one that was still unfinished. Unknown ids are ignored.
+  std::vector<SequenceUpdate> abort(const std::vector<SeqId>& seq_ids);
+
+  SchedulerOutput schedule();
+  // Applies the runner's sampled tokens: advances num_computed_tokens, appends tokens,
+  // checks stop conditions (EOS unless ignore_eos, stop_token_ids, max_tokens, max_model_len,
+  // with min_tokens), caches newly full blocks, frees finished sequences.
+  std::vector<SequenceUpdate> update_from_output(const SchedulerOutput& scheduled,
+                                                 const ModelRunnerOutput& output);
+
+  bool has_unfinished() const;
+  const Request* find(SeqId seq_id) const;
+  SchedulerStats stats() const;
+
+ private:
+  // NOTE: the private members are the implementer's choice.
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace engine

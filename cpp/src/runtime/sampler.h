@@ -1,0 +1,41 @@
+#pragma once
+// Sampler: penalties, temperature, top-k / top-p / min-p, counter-based per-request RNG and
+// logprobs, on host fp32 logits. One row per sequence that samples this step.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "engine/outputs.h"
+#include "engine/sampling_params.h"
+
+namespace engine {
+
+struct SamplingRow {
+  const SamplingParams* params = nullptr;
+  std::span<const int> prompt_token_ids;  // for the repetition penalty
+  std::span<const int> output_token_ids;  // for all three penalties; size = output index
+  uint64_t seed = 0;                      // with the output index, keys this row's RNG draw
+  std::vector<int> masked_token_ids;      // set to -inf before sampling (EOS before min_tokens)
+};
+
+struct SampleResult {
+  int token_id = 0;
+  std::optional<TokenLogprobs> logprobs;  // when params->logprobs is set
+};
+
+class Sampler {
+ public:
+  // logits: [rows.size(), vocab_size] row-major fp32, modified in place: on return each row
+  // holds the logits it was sampled from (masked, penalised and, unless greedy, divided by the
+  // temperature). Rows are independent: a row's token depends only on its logits, its params,
+  // its tokens and (seed, output index), never on the other rows of the batch.
+  std::vector<SampleResult> sample(float* logits, int vocab_size,
+                                   const std::vector<SamplingRow>& rows) const;
+};
+
+// The uniform draw in [0, 1) for (seed, output index): the same value in any batch.
+double uniform_draw(uint64_t seed, uint64_t counter);
+
+}  // namespace engine
