@@ -21,12 +21,12 @@ struct Request {
   std::string request_id;  // the user's id, shared by the n samples of one request
   int sample_index = 0;    // which of the n samples
   SamplingParams params;
-  uint64_t sampling_seed = 0;   // counter-based RNG key: the same draws in any batch
-  uint64_t cache_salt = 0;      // mixed into block hashes; unique per request when prefix
-                                // caching is off, so only the n samples share blocks
-  uint64_t arrival = 0;         // arrival order, for FCFS and priority ties
+  uint64_t sampling_seed = 0;  // counter-based RNG key: the same draws in any batch
+  uint64_t cache_salt = 0;     // mixed into block hashes; unique per request when prefix
+                               // caching is off, so only the n samples share blocks
+  uint64_t arrival = 0;        // arrival order, for FCFS and priority ties
 
-  std::vector<int> token_ids;   // prompt then outputs
+  std::vector<int> token_ids;  // prompt then outputs
   int num_prompt_tokens = 0;
   int num_computed_tokens = 0;  // tokens whose KV is in the cache
   int num_cached_tokens = -1;   // prefix-cache hit at first scheduling; -1 until then

@@ -31,6 +31,7 @@ struct SequenceUpdate {
   std::vector<int> new_token_ids;
   std::vector<TokenLogprobs> new_logprobs;
   std::optional<FinishReason> finish_reason;  // set once finished
+  std::optional<int> stop_token_id;           // the stop_token_ids entry that finished it
 };
 
 struct SchedulerStats {
@@ -58,13 +59,32 @@ class Scheduler {
                                                  const ModelRunnerOutput& output);
 
   bool has_unfinished() const;
+  // A finished or aborted sequence stays findable until the next schedule(), which reports
+  // it in finished_seq_ids and then deletes it.
   const Request* find(SeqId seq_id) const;
   SchedulerStats stats() const;
 
  private:
-  // NOTE: the private members are the implementer's choice.
-  struct Impl;
-  std::shared_ptr<Impl> impl_;
+  void schedule_running(SchedulerOutput& out, int& budget, bool& preempted);
+  void schedule_waiting(SchedulerOutput& out, int& budget);
+  // Preempts the lowest-priority running sequence (un-scheduling it if it was scheduled in
+  // `out`) and returns it.
+  Request* preempt_lowest(SchedulerOutput& out, int& budget);
+  std::deque<Request*>::iterator next_waiting();
+  void admit(Request& request, const ComputedBlocks& hit, int num_new, SchedulerOutput& out);
+  // Appends the token; returns true when the sequence has finished.
+  bool append_token(Request& request, const SampledToken& sampled, SequenceUpdate& update);
+  void finish(Request& request, FinishReason reason);
+
+  SchedulerConfig config_;
+  KVCacheManager& kv_cache_;
+  std::unordered_map<SeqId, std::unique_ptr<Request>> requests_;  // live and just finished
+  std::vector<Request*> running_;
+  std::deque<Request*> waiting_;  // FCFS: queue order; priority: scanned for the min
+  std::vector<SeqId> finished_since_schedule_;
+  int64_t num_preemptions_ = 0;
+  int64_t num_prefix_cache_queries_ = 0;
+  int64_t num_prefix_cache_hits_ = 0;
 };
 
 }  // namespace engine

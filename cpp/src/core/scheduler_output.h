@@ -15,25 +15,25 @@ namespace engine {
 // A sequence the runner has not seen, or one resumed after preemption (state rebuilt).
 struct NewSequenceData {
   SeqId seq_id = 0;
-  std::vector<int> token_ids;    // all known tokens: prompt, and outputs when resumed
+  std::vector<int> token_ids;  // all known tokens: prompt, and outputs when resumed
   int num_prompt_tokens = 0;
   SamplingParams params;
   uint64_t sampling_seed = 0;
-  std::vector<int> block_ids;    // its whole block table
+  std::vector<int> block_ids;  // its whole block table
 };
 
 struct ScheduledSequence {
   SeqId seq_id = 0;
-  int num_computed_tokens = 0;   // position of the first token computed this step
-  int num_scheduled_tokens = 0;  // tokens computed this step: token_ids[computed, computed+n)
+  int num_computed_tokens = 0;     // position of the first token computed this step
+  int num_scheduled_tokens = 0;    // tokens computed this step: token_ids[computed, computed+n)
   std::vector<int> new_block_ids;  // appended to the runner's block table (empty if new)
-  bool sample = false;           // this step reaches the end of the sequence: sample a token
+  bool sample = false;             // this step reaches the end of the sequence: sample a token
 };
 
 struct SchedulerOutput {
-  std::vector<NewSequenceData> new_sequences;   // runner creates state before the step
-  std::vector<ScheduledSequence> scheduled;     // in batch order
-  std::vector<SeqId> finished_seq_ids;          // finished, aborted or preempted: drop state
+  std::vector<NewSequenceData> new_sequences;  // runner creates state before the step
+  std::vector<ScheduledSequence> scheduled;    // in batch order
+  std::vector<SeqId> finished_seq_ids;         // finished, aborted or preempted: drop state
   int total_num_scheduled_tokens = 0;
 };
 
