@@ -1,0 +1,64 @@
+#include "model/decoder_weights.h"
+
+namespace engine {
+namespace {
+
+constexpr float kDummyNormWeight = 1.0f;
+
+std::unique_ptr<LinearMethod> load_linear(WeightLoader& loader, const std::string& prefix,
+                                          int64_t num_out, int64_t num_in, bool has_bias) {
+  Tensor weight = loader.matrix(prefix + ".weight", {num_out, num_in});
+  std::optional<Tensor> bias;
+  if (has_bias) bias = loader.fp32_vector(prefix + ".bias", num_out, std::nullopt);
+  return std::make_unique<DenseLinear>(weight, bias);
+}
+
+DecoderLayerWeights load_layer(WeightLoader& loader, const ModelConfig& config,
+                               const DecoderWeightNames& names, int layer) {
+  const std::string prefix = names.layer_prefix + std::to_string(layer) + ".";
+  const int64_t hidden = config.hidden_size;
+  const int64_t q_size = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
+  const int64_t kv_size = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
+  const int64_t intermediate = config.intermediate_size;
+  DecoderLayerWeights w;
+  w.input_norm = loader.fp32_vector(prefix + names.input_norm, hidden, kDummyNormWeight);
+  w.q_proj = load_linear(loader, prefix + names.q_proj, q_size, hidden, config.qkv_bias);
+  w.k_proj = load_linear(loader, prefix + names.k_proj, kv_size, hidden, config.qkv_bias);
+  w.v_proj = load_linear(loader, prefix + names.v_proj, kv_size, hidden, config.qkv_bias);
+  if (config.qk_norm) {
+    w.q_norm = loader.fp32_vector(prefix + names.q_norm, config.head_dim, kDummyNormWeight);
+    w.k_norm = loader.fp32_vector(prefix + names.k_norm, config.head_dim, kDummyNormWeight);
+  }
+  w.o_proj = load_linear(loader, prefix + names.o_proj, hidden, q_size, config.o_proj_bias);
+  w.post_attention_norm =
+      loader.fp32_vector(prefix + names.post_attention_norm, hidden, kDummyNormWeight);
+  // One GEMM for both MLP inputs; silu_and_mul then splits the [T, 2I] result.
+  Tensor gate_up = loader.stacked_matrices(
+      {prefix + names.gate_proj + ".weight", prefix + names.up_proj + ".weight"},
+      {intermediate, hidden});
+  w.gate_up_proj = std::make_unique<DenseLinear>(gate_up, std::nullopt);
+  w.down_proj = load_linear(loader, prefix + names.down_proj, hidden, intermediate, false);
+  return w;
+}
+
+}  // namespace
+
+DecoderWeights load_decoder_weights(const ModelConfig& config, const DecoderWeightNames& names,
+                                    const LoadOptions& options, Backend& backend) {
+  WeightLoader loader(options, config.torch_dtype, backend);
+  DecoderWeights weights;
+  const int64_t vocab = config.vocab_size;
+  const int64_t hidden = config.hidden_size;
+  weights.embed_tokens = loader.matrix(names.embed_tokens, {vocab, hidden});
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    weights.layers.push_back(load_layer(loader, config, names, layer));
+  }
+  weights.final_norm = loader.fp32_vector(names.final_norm, hidden, kDummyNormWeight);
+  Tensor lm_head = config.tie_word_embeddings ? weights.embed_tokens
+                                              : loader.matrix(names.lm_head, {vocab, hidden});
+  weights.lm_head = std::make_unique<DenseLinear>(lm_head, std::nullopt);
+  weights.storage = loader.release();
+  return weights;
+}
+
+}  // namespace engine

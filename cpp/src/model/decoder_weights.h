@@ -1,0 +1,39 @@
+#pragma once
+// The weights of the shared pre-norm decoder, loaded by their Hugging Face names and checked
+// against the config's shapes.
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "model/architecture.h"
+#include "model/linear.h"
+#include "model/weights.h"
+
+namespace engine {
+
+struct DecoderLayerWeights {
+  Tensor input_norm;                           // [H] f32
+  Tensor post_attention_norm;                  // [H] f32
+  std::unique_ptr<LinearMethod> q_proj;        // [Hq * D, H]
+  std::unique_ptr<LinearMethod> k_proj;        // [Hk * D, H]
+  std::unique_ptr<LinearMethod> v_proj;        // [Hk * D, H]
+  std::unique_ptr<LinearMethod> o_proj;        // [H, Hq * D]
+  std::optional<Tensor> q_norm;                // [D] f32 (Qwen3)
+  std::optional<Tensor> k_norm;                // [D] f32 (Qwen3)
+  std::unique_ptr<LinearMethod> gate_up_proj;  // [2I, H]: gate_proj rows, then up_proj rows
+  std::unique_ptr<LinearMethod> down_proj;     // [H, I]
+};
+
+struct DecoderWeights {
+  Tensor embed_tokens;  // [V, H]
+  std::vector<DecoderLayerWeights> layers;
+  Tensor final_norm;                      // [H] f32
+  std::unique_ptr<LinearMethod> lm_head;  // [V, H]; embed_tokens when tied
+  WeightStorage storage;                  // keeps the memory of every tensor above alive
+};
+
+DecoderWeights load_decoder_weights(const ModelConfig& config, const DecoderWeightNames& names,
+                                    const LoadOptions& options, Backend& backend);
+
+}  // namespace engine
