@@ -50,6 +50,9 @@ class Engine {
   // Generation that would pass max_model_len stops there with finish reason "length".
   void add_request(const std::string& request_id, const std::vector<int>& prompt_token_ids,
                    const SamplingParams& params);
+  // The checks add_request makes, without adding: lets a caller validate a whole batch first.
+  void validate_request(const std::vector<int>& prompt_token_ids,
+                        const SamplingParams& params) const;
   // Aborts a request: all its samples, or only sample `sample_index` (the Python layer
   // finishes one sample on a stop string this way). Unknown or finished ids are ignored.
   void abort(const std::string& request_id, std::optional<int> sample_index = std::nullopt);

@@ -1,0 +1,174 @@
+#include "engine/engine_impl.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+namespace engine {
+namespace {
+
+// NOTE: vLLM's CPU backend reserves 4 GiB for the KV cache by default; ember does the same and
+// caps it at what max_num_seqs requests of max_model_len tokens could ever use.
+constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{4} << 30;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+int resolve_max_model_len(const EngineConfig& config, const ModelConfig& model) {
+  const int limit = model.max_position_embeddings;
+  const int max_model_len = config.max_model_len.value_or(limit);
+  if (max_model_len > limit) {
+    throw std::invalid_argument("max_model_len " + std::to_string(max_model_len) +
+                                " is larger than the model's max_position_embeddings " +
+                                std::to_string(limit));
+  }
+  return max_model_len;
+}
+
+int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
+                              int64_t bytes_per_block) {
+  // One full-length request must fit, or the scheduler could never run it; +1: null block.
+  const int64_t blocks_per_seq = ceil_div(max_model_len, config.block_size);
+  const int64_t min_blocks = blocks_per_seq + 1;
+  const std::string needs = "one request of max_model_len " + std::to_string(max_model_len) +
+                            " needs " + std::to_string(min_blocks) + " blocks of " +
+                            std::to_string(config.block_size) + " tokens";
+  if (config.num_kv_blocks) {
+    if (*config.num_kv_blocks < min_blocks) {
+      throw std::invalid_argument("num_kv_blocks is " + std::to_string(*config.num_kv_blocks) +
+                                  " but " + needs + "; raise num_kv_blocks or lower max_model_len");
+    }
+    return *config.num_kv_blocks;
+  }
+  const int64_t budget = config.kv_cache_memory_bytes.value_or(kDefaultCpuKvCacheBytes);
+  const int64_t num_blocks =
+      std::min(budget / bytes_per_block, blocks_per_seq * config.max_num_seqs + 1);
+  if (num_blocks < min_blocks) {
+    throw std::invalid_argument("kv_cache_memory_bytes " + std::to_string(budget) + " holds " +
+                                std::to_string(num_blocks) + " blocks but " + needs +
+                                "; raise kv_cache_memory_bytes or lower max_model_len");
+  }
+  return num_blocks;
+}
+
+std::unique_ptr<Backend> make_backend(const EngineConfig& config) {
+  if (config.device.rfind("cuda", 0) == 0) {
+    throw std::invalid_argument("device '" + config.device +
+                                "' is not available: this build has no CUDA backend yet; use "
+                                "device 'cpu' or 'auto'");
+  }
+  return make_cpu_backend(config.num_threads);
+}
+
+}  // namespace
+
+Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
+  config_.validate();
+  if (!std::filesystem::is_directory(config_.model)) {
+    throw std::invalid_argument("model directory '" + config_.model + "' does not exist");
+  }
+  const ModelConfig model_config = ModelConfig::from_directory(config_.model);
+  const int max_model_len = resolve_max_model_len(config_, model_config);
+  backend_ = make_backend(config_);
+  LoadOptions load{config_.model, config_.dtype, config_.load_format == "dummy" ? "dummy" : "auto",
+                   config_.seed};
+  model_ = load_model(model_config, load, *backend_);
+
+  const int64_t bytes_per_block =
+      kv_cache_bytes_per_block(model_config, config_.block_size, backend_->compute_dtype());
+  const int64_t num_blocks = resolve_num_kv_blocks(config_, max_model_len, bytes_per_block);
+  // Block hashing is always on: with prefix caching off, each request gets its own cache salt,
+  // so only the n samples of one request share (their prompt's) blocks.
+  kv_cache_ = std::make_unique<KVCacheManager>(static_cast<int>(num_blocks), config_.block_size,
+                                               /*enable_caching=*/true);
+  SchedulerConfig scheduler_config{config_.max_num_seqs, config_.max_num_batched_tokens,
+                                   max_model_len, config_.policy, model_config.eos_token_ids};
+  scheduler_ = std::make_unique<Scheduler>(scheduler_config, *kv_cache_);
+  RunnerConfig runner_config{config_.block_size,   num_blocks,    config_.max_num_batched_tokens,
+                             config_.max_num_seqs, max_model_len, model_config.eos_token_ids};
+  runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
+
+  info_ = ModelInfo{model_config.architecture,  model_config.vocab_size, max_model_len,
+                    model_config.eos_token_ids, backend_->name(),        num_blocks,
+                    config_.block_size};
+}
+
+void Engine::Impl::validate_request(const std::vector<int>& prompt,
+                                    const SamplingParams& params) const {
+  params.validate();
+  if (prompt.empty()) throw std::invalid_argument("prompt is empty: give at least one token");
+  if (static_cast<int>(prompt.size()) > info_.max_model_len) {
+    throw std::invalid_argument("prompt has " + std::to_string(prompt.size()) +
+                                " tokens but max_model_len is " +
+                                std::to_string(info_.max_model_len));
+  }
+  const std::string vocab = "[0, " + std::to_string(info_.vocab_size) + ")";
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    if (prompt[i] < 0 || prompt[i] >= info_.vocab_size) {
+      throw std::invalid_argument("prompt token id " + std::to_string(prompt[i]) + " at position " +
+                                  std::to_string(i) + " is outside the vocabulary " + vocab);
+    }
+  }
+  for (int token_id : params.stop_token_ids) {
+    if (token_id >= info_.vocab_size) {
+      throw std::invalid_argument("stop_token_ids entry " + std::to_string(token_id) +
+                                  " is outside the vocabulary " + vocab);
+    }
+  }
+}
+
+std::vector<std::unique_ptr<Request>> Engine::Impl::make_samples(const std::string& request_id,
+                                                                 const std::vector<int>& prompt,
+                                                                 const SamplingParams& params) {
+  const uint64_t salt = config_.enable_prefix_caching ? 0 : next_salt_++;
+  std::vector<std::unique_ptr<Request>> samples;
+  for (int index = 0; index < params.n; ++index) {
+    auto request = std::make_unique<Request>();
+    request->seq_id = next_seq_id_++;
+    request->request_id = request_id;
+    request->sample_index = index;
+    request->params = params;
+    // A seeded request draws the same tokens whatever else runs; an unseeded one derives its
+    // key from the engine seed and its arrival, so a whole run is reproducible too.
+    request->sampling_seed = params.seed ? splitmix64(*params.seed ^ splitmix64(index + 1))
+                                         : splitmix64(config_.seed ^ splitmix64(request->seq_id));
+    request->cache_salt = salt;
+    request->arrival = request->seq_id;
+    request->token_ids = prompt;
+    request->num_prompt_tokens = static_cast<int>(prompt.size());
+    samples.push_back(std::move(request));
+  }
+  return samples;
+}
+
+void Engine::Impl::add_request(const std::string& request_id, const std::vector<int>& prompt,
+                               const SamplingParams& params) {
+  validate_request(prompt, params);
+  auto group = std::make_unique<RequestGroup>();
+  group->request_id = request_id;
+  group->params = params;
+  group->finished.assign(params.n, false);
+  std::lock_guard<std::mutex> lock(inbox_mutex_);
+  if (live_ids_.count(request_id)) {
+    throw std::invalid_argument("request id '" + request_id + "' is already in use");
+  }
+  group->held = make_samples(request_id, prompt, params);
+  for (const auto& sample : group->held) group->seq_ids.push_back(sample->seq_id);
+  live_ids_[request_id] = true;
+  ++num_unfinished_;
+  inbox_adds_.push_back(std::move(group));
+}
+
+void Engine::Impl::abort(const std::string& request_id, std::optional<int> sample_index) {
+  std::lock_guard<std::mutex> lock(inbox_mutex_);
+  inbox_aborts_.push_back({request_id, sample_index});
+}
+
+}  // namespace engine
