@@ -1,0 +1,157 @@
+"""Turns the core's per-step token deltas for one request into text and vLLM-style outputs.
+
+The core knows tokens only; here each sample's tokens are detokenized incrementally, stop strings
+are matched on the text, and the per-token logprobs become dicts of Logprob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ember.detokenizer import IncrementalDetokenizer, find_stop_string
+from ember.outputs import CompletionOutput, Logprob, RequestOutput
+from ember.sampling_params import SamplingParams
+
+
+class _Sample:
+    def __init__(self, index: int, detokenizer: IncrementalDetokenizer | None, logprobs: bool):
+        self.index = index
+        self.detokenizer = detokenizer
+        self.token_ids: list[int] = []
+        self.logprobs: list[dict[int, Logprob]] | None = [] if logprobs else None
+        self.cumulative_logprob: float | None = 0.0 if logprobs else None
+        self.text = ""
+        self.num_streamed_chars = 0
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+
+
+class RequestTracker:
+    """One request's samples as the Python layer sees them.
+
+    A sample that matched a stop string is finished here at once; the core, told to abort it,
+    reports it again as "abort" later, which is ignored.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        tokenizer,
+        decode_token: Callable[[int], str | None],
+    ):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.num_cached_tokens = 0
+        self._decode_token = decode_token
+        self._stops = params.stop_strings
+        self._samples = [
+            _Sample(i, self._make_detokenizer(tokenizer), params.logprobs is not None)
+            for i in range(params.n)
+        ]
+
+    def _make_detokenizer(self, tokenizer) -> IncrementalDetokenizer | None:
+        if tokenizer is None:
+            return None
+        return IncrementalDetokenizer(
+            tokenizer, self.prompt_token_ids, self.params.skip_special_tokens
+        )
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self._samples)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self._samples)
+
+    def apply(self, core_output) -> list[int]:
+        """Takes one step()'s output; returns the sample indices that the core must abort."""
+        self.num_cached_tokens = max(self.num_cached_tokens, core_output.num_cached_tokens)
+        to_abort = []
+        for completion in core_output.outputs:
+            sample = self._samples[completion.index]
+            if sample.finish_reason is not None:
+                continue
+            if self._extend(sample, completion) and completion.finish_reason is None:
+                to_abort.append(completion.index)
+        return to_abort
+
+    def _extend(self, sample: _Sample, completion) -> bool:
+        """Appends a delta token by token; True when a stop string finished the sample."""
+        logprobs = completion.logprobs
+        for position, token_id in enumerate(completion.token_ids):
+            sample.token_ids.append(token_id)
+            if sample.logprobs is not None and position < len(logprobs):
+                self._append_logprobs(sample, logprobs[position])
+            if sample.detokenizer is not None and self._hit_stop_string(sample, token_id):
+                return True
+        if completion.finish_reason is not None:
+            sample.finish_reason = completion.finish_reason
+            sample.stop_reason = completion.stop_token_id
+        return False
+
+    def _hit_stop_string(self, sample: _Sample, token_id: int) -> bool:
+        delta = sample.detokenizer.add([token_id])
+        sample.text += delta
+        # NOTE: as in vLLM, stop strings are not looked for before min_tokens tokens.
+        if len(sample.token_ids) < self.params.min_tokens:
+            return False
+        match = find_stop_string(sample.text, len(delta), self._stops)
+        if match is None:
+            return False
+        position, stop = match
+        sample.text = sample.text[:position]
+        sample.finish_reason = "stop"
+        sample.stop_reason = stop
+        return True
+
+    def _append_logprobs(self, sample: _Sample, token_logprobs) -> None:
+        entry = {
+            token_logprobs.token_id: Logprob(
+                token_logprobs.logprob,
+                token_logprobs.rank,
+                self._decode_token(token_logprobs.token_id),
+            )
+        }
+        for rank, (token_id, logprob) in enumerate(token_logprobs.top, start=1):
+            entry.setdefault(token_id, Logprob(logprob, rank, self._decode_token(token_id)))
+        sample.logprobs.append(entry)
+        sample.cumulative_logprob += token_logprobs.logprob
+
+    def take_stream_text(self, index: int = 0) -> str:
+        """Text of sample `index` not yet streamed. While it runs, the last len(longest stop)-1
+        characters are held back: they may turn out to start a stop string."""
+        sample = self._samples[index]
+        end = len(sample.text)
+        if sample.finish_reason is None and self._stops:
+            end = max(sample.num_streamed_chars, end - max(map(len, self._stops)) + 1)
+        delta = sample.text[sample.num_streamed_chars : end]
+        sample.num_streamed_chars = end
+        return delta
+
+    def to_output(self) -> RequestOutput:
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=list(self.prompt_token_ids),
+            outputs=[self._completion(s) for s in self._samples],
+            finished=self.finished,
+            num_cached_tokens=self.num_cached_tokens,
+        )
+
+    @staticmethod
+    def _completion(sample: _Sample) -> CompletionOutput:
+        return CompletionOutput(
+            index=sample.index,
+            text=sample.text,
+            token_ids=list(sample.token_ids),
+            cumulative_logprob=sample.cumulative_logprob,
+            logprobs=sample.logprobs,
+            finish_reason=sample.finish_reason,
+            stop_reason=sample.stop_reason,
+        )

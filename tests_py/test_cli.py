@@ -1,0 +1,109 @@
+"""The `ember` command, run as `python -m ember` in a subprocess."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import ember
+
+try:
+    import ember._core  # noqa: F401
+
+    HAS_CORE = True
+except ImportError:
+    HAS_CORE = False
+needs_core = pytest.mark.skipif(not HAS_CORE, reason="ember._core is not built")
+
+TIMEOUT_S = 300
+
+
+def run_ember(*args, stdin=None):
+    env = dict(os.environ)
+    # The subprocess must import the same ember as the tests (an installed or a source tree).
+    package_parent = str(pathlib.Path(ember.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_version():
+    result = run_ember("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ember {ember.__version__}"
+
+
+def test_flag_of_wrong_type_exits_2():
+    assert_clean_error(run_ember("generate", "hi", "--max-tokens", "many"), "--max-tokens")
+
+
+@needs_core
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [("--temperature", "-1", "temperature"), ("--top-p", "2", "top_p"), ("--n", "0", "n")],
+)
+def test_bad_sampling_value_exits_2_naming_it(flag, value, field):
+    assert_clean_error(run_ember("generate", "hi", flag, value), "ember: error:", field)
+
+
+@needs_core
+def test_unknown_model_exits_2(tmp_path):
+    missing = tmp_path / "no-such-model"
+    assert_clean_error(run_ember("generate", "hi", "--model", missing), str(missing))
+
+
+@needs_core
+def test_generate_prints_the_greedy_completion(tiny_checkpoint):
+    model = tiny_checkpoint("llama")
+    result = run_ember("generate", "The river", "--model", model, "--max-tokens", 8)
+    assert result.returncode == 0, result.stderr
+    expected = ember.Engine(model).generate(
+        "The river", ember.SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False
+    )
+    assert result.stdout == expected[0].outputs[0].text + "\n"
+
+
+@needs_core
+def test_generate_n_separates_samples(tiny_checkpoint):
+    model = tiny_checkpoint("llama")
+    args = ["--model", model, "--max-tokens", 4, "--n", 3, "--temperature", 1.0, "--seed", 1]
+    result = run_ember("generate", "The river", *args)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("--- sample")] == [
+        f"--- sample {i} ---" for i in range(3)
+    ]
+
+
+@needs_core
+def test_chat_two_turns_then_exit(tiny_checkpoint):
+    model = tiny_checkpoint("llama")
+    result = run_ember(
+        "chat", "--model", model, "--max-tokens", 6, stdin="hello\nhow are you\n/exit\nignored\n"
+    )
+    assert result.returncode == 0, result.stderr
+    # The same conversation through the Python API, greedy: the streamed replies must match.
+    engine = ember.Engine(model)
+    params = ember.SamplingParams(temperature=0.0, max_tokens=6)
+    history, expected = [], ""
+    for user in ["hello", "how are you"]:
+        history.append({"role": "user", "content": user})
+        reply = engine.chat(history, params, use_tqdm=False)[0].outputs[0].text
+        history.append({"role": "assistant", "content": reply})
+        expected += reply + "\n"
+    assert result.stdout == expected
