@@ -30,6 +30,8 @@ function(ember_import_cublas root)
   message(STATUS "ember: cuBLAS from EMBER_CUBLAS_ROOT=${root}")
 endfunction()
 
+set(EMBER_CUTLASS_DIR "" CACHE PATH "A CUTLASS v4.2.0 tree (include/, tools/util/include/); overrides the submodule and the nvidia-cutlass package")
+
 set(EMBER_CUDA_ENABLED OFF)
 if(NOT EMBER_CUDA STREQUAL "OFF")
   include(CheckLanguage)
@@ -63,10 +65,17 @@ if(EMBER_CUDA_ENABLED)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   message(STATUS "ember: CUDA backend on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
 
-  # CUTLASS headers: the third_party/cutlass submodule where it is checked out, else the
+  # CUTLASS headers: EMBER_CUTLASS_DIR when given (a machine with neither the submodule nor a
+  # package registry), else the third_party/cutlass submodule where it is checked out, else the
   # identical v4.2.0 headers shipped in the PyPI package nvidia-cutlass==4.2.0.0.
   set(_cutlass_submodule "${PROJECT_SOURCE_DIR}/third_party/cutlass")
-  if(EXISTS "${_cutlass_submodule}/include/cutlass/cutlass.h")
+  if(EMBER_CUTLASS_DIR)
+    if(NOT EXISTS "${EMBER_CUTLASS_DIR}/include/cutlass/cutlass.h")
+      message(FATAL_ERROR "EMBER_CUTLASS_DIR=${EMBER_CUTLASS_DIR} has no include/cutlass/cutlass.h")
+    endif()
+    set(EMBER_CUTLASS_INCLUDE "${EMBER_CUTLASS_DIR}/include" "${EMBER_CUTLASS_DIR}/tools/util/include")
+    message(STATUS "ember: CUTLASS headers from EMBER_CUTLASS_DIR=${EMBER_CUTLASS_DIR}")
+  elseif(EXISTS "${_cutlass_submodule}/include/cutlass/cutlass.h")
     set(EMBER_CUTLASS_INCLUDE "${_cutlass_submodule}/include" "${_cutlass_submodule}/tools/util/include")
     message(STATUS "ember: CUTLASS headers from the submodule ${_cutlass_submodule}")
   else()
@@ -80,7 +89,8 @@ if(EMBER_CUDA_ENABLED)
       message(STATUS "ember: CUTLASS headers from the Python package nvidia-cutlass at ${_cutlass_pkg}")
     else()
       message(FATAL_ERROR "CUTLASS headers not found: check out third_party/cutlass "
-                          "(git submodule update --init) or `pip install --no-deps nvidia-cutlass==4.2.0.0`")
+                          "(git submodule update --init), `pip install --no-deps nvidia-cutlass==4.2.0.0` "
+                          "or pass -DEMBER_CUTLASS_DIR=<a CUTLASS v4.2.0 tree>")
     endif()
   endif()
 endif()

@@ -8,7 +8,9 @@ set_target_properties(engine PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
 # A wheel cannot hold symlinks, so libengine.so -> .so.0 -> .so.0.1.0 would ship as three full
 # copies. Inside the Python package libengine is private to ember, so it goes unversioned there.
 if(SKBUILD)
-  set_target_properties(engine PROPERTIES VERSION "" SOVERSION "")
+  # (set_property without a value unsets; an empty VERSION would name it "libengine.so.")
+  set_property(TARGET engine PROPERTY VERSION)
+  set_property(TARGET engine PROPERTY SOVERSION)
 endif()
 
 install(TARGETS engine EXPORT engineTargets

@@ -30,8 +30,14 @@ __all__ = ["__version__", "cmake_prefix_path", *_LAZY_EXPORTS]
 
 def cmake_prefix_path() -> str:
     """The folder to add to CMAKE_PREFIX_PATH for `find_package(engine)`: the wheel installs
-    libengine, its headers and lib/cmake/engine inside this package's directory."""
-    return str(Path(__file__).resolve().parent)
+    libengine, its headers and lib/cmake/engine beside the compiled module `ember._core` (in an
+    editable install that is not the source folder of this file)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("ember._core")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("ember's compiled core is not installed; pip install ember first")
+    return str(Path(spec.origin).resolve().parent)
 
 
 def __getattr__(name: str):
