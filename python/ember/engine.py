@@ -211,6 +211,10 @@ class Engine:
         return requests
 
     def _tokenize(self, index: int, text: str) -> list[int]:
+        # NOTE: checked before tokenizing, since a tokenizer that adds BOS would turn "" into a
+        # one-token prompt and run it.
+        if not text:
+            raise ValueError(f"prompt {index} is empty: give at least one character")
         if self._tokenizer is None:
             raise ValueError(
                 f"prompt {index} is text but the engine was created with "
