@@ -1,0 +1,168 @@
+// The public Engine on a tiny dummy-weight Llama: request validation, n > 1 block sharing,
+// and adding/aborting from other threads while one thread steps.
+
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include <unistd.h>
+
+namespace engine {
+namespace {
+
+constexpr int kVocab = 128;
+constexpr int kBlockSize = 16;
+
+// A config.json is all load_format "dummy" needs: weights are random from the seed.
+std::string write_tiny_llama_config() {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("ember-engine-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
+    "tie_word_embeddings": false, "torch_dtype": "float32", "eos_token_id": 2})";
+  return dir.string();
+}
+
+EngineConfig tiny_config(bool enable_prefix_caching = true) {
+  EngineConfig config;
+  config.model = write_tiny_llama_config();
+  config.load_format = "dummy";
+  config.max_model_len = 128;
+  config.block_size = kBlockSize;
+  config.num_kv_blocks = 64;
+  config.enable_prefix_caching = enable_prefix_caching;
+  return config;
+}
+
+std::vector<int> prompt_of(int length, int first = 3) {
+  std::vector<int> ids(length);
+  std::iota(ids.begin(), ids.end(), first);
+  for (int& id : ids) id %= kVocab;
+  return ids;
+}
+
+SamplingParams greedy(int max_tokens) {
+  SamplingParams params;
+  params.temperature = 0;
+  params.max_tokens = max_tokens;
+  params.ignore_eos = true;
+  return params;
+}
+
+TEST(Engine, RejectsBadRequestsWithTheNumbers) {
+  Engine engine(tiny_config());
+  auto message_of = [&](const std::vector<int>& prompt, const SamplingParams& params) {
+    try {
+      engine.add_request("bad", prompt, params);
+    } catch (const std::invalid_argument& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message_of(prompt_of(129), greedy(1)),
+            "prompt has 129 tokens but max_model_len is 128");
+  EXPECT_EQ(message_of({}, greedy(1)), "prompt is empty: give at least one token");
+  EXPECT_EQ(message_of({1, 128}, greedy(1)),
+            "prompt token id 128 at position 1 is outside the vocabulary [0, 128)");
+  SamplingParams bad = greedy(1);
+  bad.top_p = 1.5f;
+  EXPECT_EQ(message_of({1}, bad), "top_p must be in (0, 1], got 1.5");
+  engine.add_request("dup", {1, 2}, greedy(1));
+  EXPECT_EQ(std::string("request id 'dup' is already in use"), [&] {
+    try {
+      engine.add_request("dup", {1, 2}, greedy(1));
+    } catch (const std::invalid_argument& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  }());
+  EXPECT_TRUE(engine.has_unfinished_requests());
+}
+
+TEST(Engine, GenerationStopsAtMaxModelLenWithLength) {
+  Engine engine(tiny_config());
+  const auto outputs = engine.generate({prompt_of(120)}, {greedy(50)});
+  ASSERT_EQ(outputs.size(), 1u);
+  EXPECT_EQ(outputs[0].outputs[0].token_ids.size(), 8u);  // 120 + 8 = max_model_len
+  EXPECT_EQ(outputs[0].outputs[0].finish_reason, FinishReason::kLength);
+}
+
+TEST(Engine, SamplesOfOneRequestShareThePromptBlocksWithPrefixCachingOff) {
+  Engine engine(tiny_config(/*enable_prefix_caching=*/false));
+  SamplingParams params = greedy(4);
+  params.n = 4;
+  params.temperature = 1.0f;
+  params.seed = 7;
+  const auto outputs = engine.generate({prompt_of(64)}, {params});
+  ASSERT_EQ(outputs[0].outputs.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(outputs[0].outputs[i].index, i);
+    EXPECT_EQ(outputs[0].outputs[i].token_ids.size(), 4u);
+  }
+  // Samples 1..3 each find the 64-token prompt cached; one block is recomputed so that the
+  // step has logits: 48 tokens hit each.
+  EXPECT_EQ(engine.stats().num_prefix_cache_hits, 3 * 48);
+  // A second request with the same prompt shares nothing: caching is off across requests.
+  engine.generate({prompt_of(64)}, {greedy(2)});
+  EXPECT_EQ(engine.stats().num_prefix_cache_hits, 3 * 48);
+  EXPECT_EQ(engine.stats().kv_cache_usage, 0.0);
+}
+
+TEST(Engine, OtherThreadsAddAndAbortWhileOneThreadSteps) {
+  Engine engine(tiny_config());
+  constexpr int kNumRequests = 40;
+  std::atomic<bool> adding_done{false};
+  std::map<std::string, std::vector<int>> tokens;
+  std::map<std::string, FinishReason> reasons;
+
+  std::thread producer([&] {
+    std::mt19937 rng(1);
+    for (int i = 0; i < kNumRequests; ++i) {
+      engine.add_request(std::to_string(i), prompt_of(1 + rng() % 40, i), greedy(20));
+      if (i % 3 == 0) engine.abort(std::to_string(i / 2));
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 500));
+    }
+    adding_done = true;
+  });
+  while (!adding_done || engine.has_unfinished_requests()) {
+    for (const RequestOutput& output : engine.step()) {
+      auto& ids = tokens[output.request_id];
+      for (const CompletionOutput& part : output.outputs) {
+        ids.insert(ids.end(), part.token_ids.begin(), part.token_ids.end());
+        if (part.finish_reason) reasons[output.request_id] = *part.finish_reason;
+      }
+      if (output.finished) EXPECT_TRUE(reasons.count(output.request_id));
+    }
+  }
+  producer.join();
+
+  // Every request ended exactly once: 20 tokens and "length", or aborted (fewer tokens).
+  ASSERT_EQ(reasons.size(), static_cast<size_t>(kNumRequests));
+  for (const auto& [id, reason] : reasons) {
+    if (reason == FinishReason::kLength) {
+      EXPECT_EQ(tokens[id].size(), 20u) << id;
+    } else {
+      EXPECT_EQ(reason, FinishReason::kAbort) << id;
+      EXPECT_LT(tokens[id].size(), 20u) << id;
+    }
+  }
+  EXPECT_FALSE(engine.has_unfinished_requests());
+  EXPECT_EQ(engine.stats().kv_cache_usage, 0.0);
+  EXPECT_EQ(engine.stats().num_running + engine.stats().num_waiting, 0);
+}
+
+}  // namespace
+}  // namespace engine
