@@ -127,7 +127,7 @@ def _require_gguf_packages() -> None:
 
 
 def _write_checkpoint(gguf_path: Path, out: Path) -> None:
-    """Loads the .gguf with transformers (dequantized to bf16) and writes a plain checkpoint.
+    """Loads the .gguf with transformers (dequantized) and writes a plain bf16 checkpoint.
 
     save_pretrained refuses models loaded from gguf, hence the pieces are written one by one.
     """
@@ -135,11 +135,21 @@ def _write_checkpoint(gguf_path: Path, out: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # transformers dequantizes in fp32 (its fast path); the checkpoint is stored in bf16 (the
+    # same values as loading in bf16: checked tensor by tensor). Its notes are silenced.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         # The tied head shares the embedding's storage, which safetensors refuses to save twice.
         tensors.pop("lm_head.weight", None)
