@@ -150,6 +150,11 @@ def test_stop_string_truncates_text(engine, prompts):
     assert completion.finish_reason == "stop"
     assert completion.stop_reason == stop
     assert list(completion.token_ids) == list(full.token_ids[: len(completion.token_ids)])
+    # The sample finished by the stop string was aborted in the core: nothing is left running
+    # and every KV block is free once generate() returns.
+    stats = engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.kv_cache_usage) == (0, 0, 0.0)
+    assert not engine.core.has_unfinished_requests()
 
 
 def test_stop_token_id_ends_generation(engine, prompts):

@@ -263,6 +263,10 @@ class Engine:
         for tracker in trackers:
             if self._live.pop(tracker.request_id, None) is not None:
                 self._core.abort(tracker.request_id)
+        # Aborts (and samples finished early by a stop string) take effect at the core's next
+        # step; with nothing else live, step now so their blocks are free when this returns.
+        while not self._live and self._core.has_unfinished_requests():
+            self._core.step()
 
     def _require_tokenizer(self, what: str):
         if self._tokenizer is None:
