@@ -116,7 +116,15 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     uint64_t data_size = size - 8 - header_size;
     for (const auto& [name, entry] : header.items()) {
       if (name == "__metadata__") continue;
-      tensors_.emplace(name, parse_entry(path, name, entry, data, data_size));
+      Tensor tensor = parse_entry(path, name, entry, data, data_size);
+      // NOTE: writers pad the header to 8 bytes so that tensors can be used in place; a file
+      // without that padding is still valid, and its misaligned tensors are copied once.
+      if (reinterpret_cast<uintptr_t>(tensor.data) % dtype_size(tensor.dtype) != 0) {
+        auto& copy = aligned_copies_.emplace_back(new uint64_t[(tensor.nbytes() + 7) / 8]);
+        std::memcpy(copy.get(), tensor.data, tensor.nbytes());
+        tensor.data = copy.get();
+      }
+      tensors_.emplace(name, std::move(tensor));
     }
   } catch (...) {
     ::munmap(mapping_, mapping_size_);

@@ -32,6 +32,7 @@ class SafetensorsFile {
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
   std::map<std::string, Tensor> tensors_;
+  std::vector<std::unique_ptr<uint64_t[]>> aligned_copies_;  // of tensors misaligned in the file
 };
 
 // All weights of a checkpoint directory, across shards.
