@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/mix.h"
+
 namespace engine {
 
 namespace {
@@ -11,16 +13,6 @@ namespace {
 // Parent of a sequence's first block: any fixed value works, as long as it never changes
 // between runs (hashes must be reproducible across processes and platforms).
 constexpr BlockHash kRootParentHash = 0x6a09e667f3bcc908ULL;
-
-// splitmix64's finalizer: a bijection that spreads every input bit over the whole word.
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 

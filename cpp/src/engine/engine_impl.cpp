@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/mix.h"
+
 namespace engine {
 namespace {
 
@@ -13,13 +15,6 @@ namespace {
 constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{4} << 30;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 int resolve_max_model_len(const EngineConfig& config, const ModelConfig& model) {
   const int limit = model.max_position_embeddings;

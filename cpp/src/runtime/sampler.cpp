@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/mix.h"
+
 namespace engine {
 namespace {
 
@@ -97,13 +99,6 @@ double sum_mapped(const float* x, int begin, int end, F f) {
 
 double sum_range(const float* x, int begin, int end) {
   return sum_mapped(x, begin, end, [](float v) { return v; });
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 void check_token_ids(std::span<const int> ids, int vocab_size, size_t row, const char* what) {
