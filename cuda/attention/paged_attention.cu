@@ -1,0 +1,256 @@
+#include "attention/paged_attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "attention/paged_attention.cuh"
+#include "common/cuda_check.h"
+
+namespace engine::cuda {
+namespace {
+
+using attention::kKeysPerTile;
+using attention::kMaxRows;
+using attention::kThreads;
+using attention::kWarps;
+using attention::PagedAttentionParams;
+
+// Flash-decoding limits: a split below ~256 keys costs more in partial writes and the combine
+// than it gains in parallelism; 64 splits fill 132 SMs even for one sequence and one kv head.
+constexpr int kMinKeysPerSplit = 256;
+constexpr int kMaxSplits = 64;
+constexpr int kMaxDevices = 64;
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::invalid_argument("paged_attention: " + what);
+}
+
+void check_rank(const char* name, const Tensor& t, int rank) {
+  if (t.dim() != rank) {
+    fail(std::string(name) + " has shape " + t.shape_string() + " but must have " +
+         std::to_string(rank) + " dimensions");
+  }
+}
+
+void check_dtype(const char* name, const Tensor& t, DType dtype) {
+  if (t.dtype != dtype) {
+    fail(std::string(name) + " is " + dtype_name(t.dtype) + " but must be " + dtype_name(dtype));
+  }
+}
+
+void check_on_device(const char* name, const Tensor& t) {
+  if (t.device != DeviceType::kCuda || (!t.defined() && t.numel() > 0)) {
+    fail(std::string(name) + " " + t.shape_string() + " must be a defined CUDA tensor");
+  }
+}
+
+void check_size(const char* name, const Tensor& t, int dim, int64_t expected, const char* what) {
+  if (t.size(dim) != expected) {
+    fail(std::string(name) + " has shape " + t.shape_string() + " but dimension " +
+         std::to_string(dim) + " must be " + std::to_string(expected) + " (" + what + ")");
+  }
+}
+
+void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                  const AttentionMetadata& meta, std::optional<int> sliding_window) {
+  check_rank("q", q, 3);
+  check_rank("out", out, 3);
+  check_rank("k_cache", k_cache, 4);
+  check_rank("v_cache", v_cache, 4);
+  if (q.dtype != DType::kBF16 && q.dtype != DType::kF16) {
+    fail(std::string("q is ") + dtype_name(q.dtype) + " but must be bfloat16 or float16");
+  }
+  check_dtype("out", out, q.dtype);
+  check_dtype("k_cache", k_cache, q.dtype);
+  check_dtype("v_cache", v_cache, q.dtype);
+  for (int d = 0; d < 3; ++d) check_size("out", out, d, q.size(d), "same as q");
+  for (int d = 0; d < 4; ++d) check_size("v_cache", v_cache, d, k_cache.size(d), "as k_cache");
+  if (q.size(2) != 64 && q.size(2) != 128) {
+    fail("q has shape " + q.shape_string() + ": head_dim " + std::to_string(q.size(2)) +
+         " is not supported (supported: 64, 128)");
+  }
+  check_size("k_cache", k_cache, 3, q.size(2), "head_dim D of q");
+  if (k_cache.size(2) <= 0 || q.size(1) % k_cache.size(2) != 0) {
+    fail("q has " + std::to_string(q.size(1)) + " heads, which must be a multiple of the cache's " +
+         std::to_string(k_cache.size(2)) + " kv heads");
+  }
+  if (k_cache.size(1) <= 0) fail("k_cache " + k_cache.shape_string() + " has block_size 0");
+  const int64_t num_seqs = meta.num_seqs;
+  check_rank("meta.query_start_loc", meta.query_start_loc, 1);
+  check_rank("meta.seq_lens", meta.seq_lens, 1);
+  check_rank("meta.block_table", meta.block_table, 2);
+  check_dtype("meta.query_start_loc", meta.query_start_loc, DType::kI32);
+  check_dtype("meta.seq_lens", meta.seq_lens, DType::kI32);
+  check_dtype("meta.block_table", meta.block_table, DType::kI32);
+  check_size("meta.query_start_loc", meta.query_start_loc, 0, num_seqs + 1, "meta.num_seqs + 1");
+  check_size("meta.seq_lens", meta.seq_lens, 0, num_seqs, "meta.num_seqs");
+  check_size("meta.block_table", meta.block_table, 0, num_seqs, "meta.num_seqs");
+  check_size("meta.block_table", meta.block_table, 1, meta.max_blocks_per_seq,
+             "meta.max_blocks_per_seq");
+  for (auto [name, t] : {std::pair{"out", &out},
+                         {"q", &q},
+                         {"k_cache", &k_cache},
+                         {"v_cache", &v_cache},
+                         {"meta.query_start_loc", &meta.query_start_loc},
+                         {"meta.seq_lens", &meta.seq_lens},
+                         {"meta.block_table", &meta.block_table}})
+    check_on_device(name, *t);
+  if (meta.max_query_len < 0 || meta.max_seq_len < 0) {
+    fail("meta.max_query_len " + std::to_string(meta.max_query_len) + " and max_seq_len " +
+         std::to_string(meta.max_seq_len) + " must be >= 0");
+  }
+  if (sliding_window && *sliding_window <= 0) {
+    fail("sliding_window is " + std::to_string(*sliding_window) + " but must be > 0");
+  }
+}
+
+int multiprocessor_count() {
+  static std::array<int, kMaxDevices> counts{};  // 0: not read yet
+  int device = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= kMaxDevices) fail("device index " + std::to_string(device) + " >= 64");
+  if (counts[device] == 0) {
+    int count = 0;
+    EMBER_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device] = count;  // a benign race: every writer stores the same value
+  }
+  return counts[device];
+}
+
+// fp32 scratch for split partials, one grow-only buffer per device: allocated on the first
+// split launch and grown (never shrunk) when a larger batch needs more, so steady-state steps
+// allocate nothing. NOTE: growing calls cudaFree/cudaMalloc, which synchronize the device and
+// are illegal inside CUDA-graph capture; warm up at the largest captured shape first.
+float* split_scratch(size_t num_floats) {
+  static std::mutex mutex;
+  static std::array<float*, kMaxDevices> buffers{};
+  static std::array<size_t, kMaxDevices> capacities{};
+  int device = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (capacities[device] < num_floats) {
+    if (buffers[device] != nullptr) EMBER_CUDA_CHECK(cudaFree(buffers[device]));
+    buffers[device] = nullptr;
+    capacities[device] = 0;
+    EMBER_CUDA_CHECK(cudaMalloc(&buffers[device], num_floats * sizeof(float)));
+    capacities[device] = num_floats;
+  }
+  return buffers[device];
+}
+
+struct LaunchShape {
+  int heads_per_cta, num_head_chunks, queries_per_tile, num_query_tiles, num_splits, keys_per_split;
+};
+
+LaunchShape plan_launch(int64_t num_q_heads, int64_t num_kv_heads, const AttentionMetadata& meta) {
+  LaunchShape s{};
+  const int group = static_cast<int>(num_q_heads / num_kv_heads);
+  s.heads_per_cta = std::min(group, kMaxRows);
+  s.num_head_chunks = (group + s.heads_per_cta - 1) / s.heads_per_cta;
+  s.queries_per_tile = std::max(1, std::min(kMaxRows / s.heads_per_cta, meta.max_query_len));
+  s.num_query_tiles = (meta.max_query_len + s.queries_per_tile - 1) / s.queries_per_tile;
+  s.num_splits = 1;
+  s.keys_per_split = 1 << 30;  // one split covers any context
+  // Flash-decoding only for pure decode batches, so the scratch is bounded by B * Hq rows.
+  const int64_t num_ctas = int64_t(meta.num_seqs) * num_kv_heads * s.num_head_chunks;
+  const int num_sms = multiprocessor_count();
+  if (meta.max_query_len == 1 && num_ctas < num_sms && meta.max_seq_len >= 2 * kMinKeysPerSplit) {
+    const int64_t wanted = (2 * int64_t(num_sms) + num_ctas - 1) / num_ctas;
+    const int64_t by_length = meta.max_seq_len / kMinKeysPerSplit;
+    const int splits = static_cast<int>(std::min<int64_t>({wanted, by_length, kMaxSplits}));
+    if (splits > 1) {
+      const int per_split = (meta.max_seq_len + splits - 1) / splits;
+      s.keys_per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
+      s.num_splits = (meta.max_seq_len + s.keys_per_split - 1) / s.keys_per_split;
+    }
+  }
+  return s;
+}
+
+template <typename T, int kHeadDim>
+void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+            const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+            cudaStream_t stream) {
+  const int64_t num_tokens = q.size(0), num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
+  const LaunchShape shape = plan_launch(num_q_heads, num_kv_heads, meta);
+  PagedAttentionParams<T> p{};
+  p.out = out.ptr<T>();
+  p.q = q.ptr<const T>();
+  p.k_cache = k_cache.ptr<const T>();
+  p.v_cache = v_cache.ptr<const T>();
+  p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
+  p.seq_lens = meta.seq_lens.ptr<const int32_t>();
+  p.block_table = meta.block_table.ptr<const int32_t>();
+  p.num_tokens = static_cast<int>(num_tokens);
+  p.num_q_heads = static_cast<int>(num_q_heads);
+  p.num_kv_heads = static_cast<int>(num_kv_heads);
+  p.block_size = static_cast<int>(k_cache.size(1));
+  p.max_blocks_per_seq = meta.max_blocks_per_seq;
+  p.heads_per_cta = shape.heads_per_cta;
+  p.num_head_chunks = shape.num_head_chunks;
+  p.queries_per_tile = shape.queries_per_tile;
+  p.num_query_tiles = shape.num_query_tiles;
+  p.keys_per_split = shape.keys_per_split;
+  p.has_window = sliding_window.has_value();
+  p.window = sliding_window.value_or(0);
+  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
+  const int64_t num_rows = num_tokens * num_q_heads;
+  if (shape.num_splits > 1) {
+    float* scratch = split_scratch(size_t(shape.num_splits) * num_rows * (kHeadDim + 2));
+    p.partial_out = scratch;
+    p.partial_max = scratch + size_t(shape.num_splits) * num_rows * kHeadDim;
+    p.partial_sum = p.partial_max + size_t(shape.num_splits) * num_rows;
+  }
+  const int64_t grid_x = int64_t(meta.num_seqs) * shape.num_query_tiles;
+  const int64_t grid_y = num_kv_heads * shape.num_head_chunks;
+  if (grid_x >= (int64_t{1} << 31) || grid_y > 65535) {
+    fail("launch grid " + std::to_string(grid_x) + " x " + std::to_string(grid_y) +
+         " exceeds CUDA's limits");
+  }
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(shape.num_splits));
+  attention::paged_attention_kernel<T, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+  EMBER_CUDA_CHECK_LAUNCH();
+  if (shape.num_splits > 1) {
+    const int64_t num_blocks = (num_rows + kWarps - 1) / kWarps;
+    attention::combine_splits_kernel<T, kHeadDim>
+        <<<static_cast<unsigned>(num_blocks), kThreads, 0, stream>>>(
+            out.ptr<T>(), p.partial_out, p.partial_max, p.partial_sum, num_rows, shape.num_splits);
+    EMBER_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <typename T>
+void launch_for_head_dim(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                         const Tensor& v_cache, const AttentionMetadata& meta, float scale,
+                         std::optional<int> sliding_window, cudaStream_t stream) {
+  if (q.size(2) == 64) {
+    launch<T, 64>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+  } else {
+    launch<T, 128>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+  }
+}
+
+}  // namespace
+
+void paged_attention(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache,
+                     const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+                     cudaStream_t stream) {
+  check_inputs(out, q, k_cache, v_cache, meta, sliding_window);
+  if (q.size(0) == 0 || meta.num_seqs == 0 || meta.max_query_len == 0) return;
+  if (q.dtype == DType::kBF16) {
+    launch_for_head_dim<__nv_bfloat16>(out, q, k_cache, v_cache, meta, scale, sliding_window,
+                                       stream);
+  } else {
+    launch_for_head_dim<__half>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+  }
+}
+
+}  // namespace engine::cuda
