@@ -30,7 +30,8 @@ std::string write_tiny_llama_config() {
   std::ofstream(dir / "config.json") << R"({
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+    "max_position_embeddings": 256,
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
     "tie_word_embeddings": false, "torch_dtype": "float32", "eos_token_id": 2})";
   return dir.string();
@@ -137,17 +138,24 @@ TEST(Engine, OtherThreadsAddAndAbortWhileOneThreadSteps) {
     }
     adding_done = true;
   });
-  while (!adding_done || engine.has_unfinished_requests()) {
-    for (const RequestOutput& output : engine.step()) {
-      auto& ids = tokens[output.request_id];
-      for (const CompletionOutput& part : output.outputs) {
-        ids.insert(ids.end(), part.token_ids.begin(), part.token_ids.end());
-        if (part.finish_reason) reasons[output.request_id] = *part.finish_reason;
+  // A failing step must not leave the producer joinable (that would abort the whole binary).
+  std::string step_error;
+  try {
+    while (!adding_done || engine.has_unfinished_requests()) {
+      for (const RequestOutput& output : engine.step()) {
+        auto& ids = tokens[output.request_id];
+        for (const CompletionOutput& part : output.outputs) {
+          ids.insert(ids.end(), part.token_ids.begin(), part.token_ids.end());
+          if (part.finish_reason) reasons[output.request_id] = *part.finish_reason;
+        }
+        if (output.finished) EXPECT_TRUE(reasons.count(output.request_id));
       }
-      if (output.finished) EXPECT_TRUE(reasons.count(output.request_id));
     }
+  } catch (const std::exception& error) {
+    step_error = error.what();
   }
   producer.join();
+  ASSERT_EQ(step_error, "");
 
   // Every request ended exactly once: 20 tokens and "length", or aborted (fewer tokens).
   ASSERT_EQ(reasons.size(), static_cast<size_t>(kNumRequests));

@@ -54,7 +54,7 @@ BASE_CONFIG = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "head_dim": 16,
+    "head_dim": 64,  # a head size the CUDA attention kernel supports (64, 128)
     "intermediate_size": 128,
     "max_position_embeddings": 256,
     "rms_norm_eps": 1e-6,

@@ -45,6 +45,8 @@ class Backend {
   virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.nbytes() bytes
   virtual void copy_to_host(void* dst, Tensor src) = 0;
   virtual void synchronize() {}
+  // Free device memory now, for sizing the KV cache; nothing on the CPU (sized by config).
+  virtual std::optional<size_t> free_memory() const { return std::nullopt; }
 
   // out[t, :] = table[ids[t], :]
   virtual void embedding(Tensor out /*[T, H]*/, Tensor table /*[V, H]*/,
@@ -79,5 +81,9 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+// The CUDA backend on GPU `device`, computing in `compute_dtype` (kBF16 or kF16). Defined in
+// cuda/backend/ and present only in builds with the CUDA backend (EMBER_WITH_CUDA).
+std::unique_ptr<Backend> make_cuda_backend(int device, DType compute_dtype);
 
 }  // namespace engine

@@ -4,8 +4,14 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "core/mix.h"
+
+#ifdef EMBER_WITH_CUDA
+#include "common/device.h"
+#endif
 
 namespace engine {
 namespace {
@@ -13,6 +19,7 @@ namespace {
 // NOTE: vLLM's CPU backend reserves 4 GiB for the KV cache by default; ember does the same and
 // caps it at what max_num_seqs requests of max_model_len tokens could ever use.
 constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{4} << 30;
+constexpr double kGpuKvCacheFraction = 0.8;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -28,7 +35,7 @@ int resolve_max_model_len(const EngineConfig& config, const ModelConfig& model) 
 }
 
 int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
-                              int64_t bytes_per_block) {
+                              int64_t bytes_per_block, std::optional<size_t> free_device_memory) {
   // One full-length request must fit, or the scheduler could never run it; +1: null block.
   const int64_t blocks_per_seq = ceil_div(max_model_len, config.block_size);
   const int64_t min_blocks = blocks_per_seq + 1;
@@ -42,7 +49,12 @@ int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
     }
     return *config.num_kv_blocks;
   }
-  const int64_t budget = config.kv_cache_memory_bytes.value_or(kDefaultCpuKvCacheBytes);
+  // NOTE: on a GPU the default takes kGpuKvCacheFraction of the memory left after the weights,
+  // leaving the rest to activations and workspaces (a profiling pass will size it exactly).
+  const int64_t default_budget =
+      free_device_memory ? static_cast<int64_t>(*free_device_memory * kGpuKvCacheFraction)
+                         : kDefaultCpuKvCacheBytes;
+  const int64_t budget = config.kv_cache_memory_bytes.value_or(default_budget);
   const int64_t num_blocks =
       std::min(budget / bytes_per_block, blocks_per_seq * config.max_num_seqs + 1);
   if (num_blocks < min_blocks) {
@@ -53,13 +65,57 @@ int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
   return num_blocks;
 }
 
-std::unique_ptr<Backend> make_backend(const EngineConfig& config) {
-  if (config.device.rfind("cuda", 0) == 0) {
-    throw std::invalid_argument("device '" + config.device +
-                                "' is not available: this build has no CUDA backend yet; use "
-                                "device 'cpu' or 'auto'");
+#ifdef EMBER_WITH_CUDA
+// bf16 unless the checkpoint is fp16 (as vLLM's "auto", but fp32 checkpoints also run in bf16:
+// the CUDA kernels compute in 16-bit types with fp32 accumulation).
+DType cuda_compute_dtype(const std::string& dtype, const ModelConfig& model) {
+  if (dtype == "float32") {
+    throw std::invalid_argument(
+        "dtype float32 is not supported on the GPU; use auto, bfloat16 or float16 (or "
+        "device 'cpu')");
   }
-  return make_cpu_backend(config.num_threads);
+  if (dtype == "float16" || (dtype == "auto" && model.torch_dtype == "float16")) {
+    return DType::kF16;
+  }
+  return DType::kBF16;
+}
+
+int cuda_device_index(const std::string& device, int num_devices) {
+  int index = 0;
+  if (device.rfind("cuda:", 0) == 0) {
+    const std::string digits = device.substr(5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) {
+      throw std::invalid_argument("device must be auto, cpu, cuda or cuda:N, got '" + device + "'");
+    }
+    index = std::stoi(digits);
+  }
+  if (index >= num_devices) {
+    throw std::invalid_argument("device '" + device + "' is not available: " +
+                                std::to_string(num_devices) + " CUDA device(s) visible");
+  }
+  return index;
+}
+#endif
+
+// The backend for config.device, and the dtype the weights are loaded in for it.
+std::pair<std::unique_ptr<Backend>, std::string> make_backend(const EngineConfig& config,
+                                                              const ModelConfig& model) {
+  const bool wants_cuda = config.device.rfind("cuda", 0) == 0;
+#ifdef EMBER_WITH_CUDA
+  const int num_devices = cuda::cuda_device_count();
+  if (wants_cuda || (config.device == "auto" && num_devices > 0)) {
+    const int index = cuda_device_index(config.device, num_devices);
+    const DType dtype = cuda_compute_dtype(config.dtype, model);
+    return {make_cuda_backend(index, dtype), dtype_name(dtype)};
+  }
+#else
+  if (wants_cuda) {
+    throw std::invalid_argument("device '" + config.device +
+                                "' is not available: this build has no CUDA backend (nvcc or "
+                                "cuBLAS was missing at build time); use device 'cpu' or 'auto'");
+  }
+#endif
+  return {make_cpu_backend(config.num_threads), config.dtype};
 }
 
 }  // namespace
@@ -71,14 +127,16 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
   }
   const ModelConfig model_config = ModelConfig::from_directory(config_.model);
   const int max_model_len = resolve_max_model_len(config_, model_config);
-  backend_ = make_backend(config_);
-  LoadOptions load{config_.model, config_.dtype, config_.load_format == "dummy" ? "dummy" : "auto",
+  std::string weight_dtype;
+  std::tie(backend_, weight_dtype) = make_backend(config_, model_config);
+  LoadOptions load{config_.model, weight_dtype, config_.load_format == "dummy" ? "dummy" : "auto",
                    config_.seed};
   model_ = load_model(model_config, load, *backend_);
 
   const int64_t bytes_per_block =
       kv_cache_bytes_per_block(model_config, config_.block_size, backend_->compute_dtype());
-  const int64_t num_blocks = resolve_num_kv_blocks(config_, max_model_len, bytes_per_block);
+  const int64_t num_blocks =
+      resolve_num_kv_blocks(config_, max_model_len, bytes_per_block, backend_->free_memory());
   // Block hashing is always on: with prefix caching off, each request gets its own cache salt,
   // so only the n samples of one request share (their prompt's) blocks.
   kv_cache_ = std::make_unique<KVCacheManager>(static_cast<int>(num_blocks), config_.block_size,

@@ -1,0 +1,130 @@
+#include "backend/cuda_backend.h"
+
+#include <stdexcept>
+
+#include "activation/activation.h"
+#include "attention/paged_attention.h"
+#include "common/cuda_check.h"
+#include "embedding/embedding.h"
+#include "norm/norm.h"
+#include "rope/rope_cache.h"
+
+namespace engine {
+namespace cuda {
+
+CudaBackend::CudaBackend(int device, DType compute_dtype)
+    : device_(device), compute_dtype_(compute_dtype), name_("cuda:" + std::to_string(device)) {
+  if (compute_dtype != DType::kBF16 && compute_dtype != DType::kF16) {
+    throw std::invalid_argument(
+        std::string("the CUDA backend computes in bfloat16 or float16, not ") +
+        dtype_name(compute_dtype));
+  }
+  use_device();
+  EMBER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  gemm_ = std::make_unique<Gemm>();
+}
+
+CudaBackend::~CudaBackend() {
+  gemm_.reset();
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+}
+
+void CudaBackend::use_device() const { EMBER_CUDA_CHECK(cudaSetDevice(device_)); }
+
+std::optional<size_t> CudaBackend::free_memory() const {
+  use_device();
+  size_t free_bytes = 0, total_bytes = 0;
+  EMBER_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return free_bytes;
+}
+
+Buffer CudaBackend::allocate(size_t nbytes) {
+  use_device();
+  void* data = nullptr;
+  if (nbytes > 0) {
+    const cudaError_t status = cudaMalloc(&data, nbytes);
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("out of GPU memory on " + name_ + " allocating " +
+                               std::to_string(nbytes) +
+                               " bytes; lower max_model_len, max_num_seqs, "
+                               "max_num_batched_tokens or the KV-cache size");
+    }
+  }
+  const int device = device_;
+  return Buffer(data, nbytes, [device](void* p) {
+    cudaSetDevice(device);
+    cudaFree(p);
+  });
+}
+
+void CudaBackend::copy_from_host(Tensor dst, const void* src) {
+  use_device();
+  // Pageable sources are staged before this returns, so the caller may reuse them at once.
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::copy_to_host(void* dst, Tensor src) {
+  use_device();
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::synchronize() {
+  use_device();
+  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::embedding(Tensor out, Tensor table, Tensor ids) {
+  use_device();
+  cuda::embedding(out, table, ids, stream_);
+}
+
+void CudaBackend::rms_norm(Tensor out, Tensor x, Tensor weight, float eps) {
+  use_device();
+  cuda::rms_norm(out, x, weight, eps, stream_);
+}
+
+void CudaBackend::add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) {
+  use_device();
+  cuda::add_rms_norm(x, residual, weight, eps, stream_);
+}
+
+void CudaBackend::linear(Tensor out, Tensor x, Tensor weight, const Tensor* bias) {
+  use_device();
+  gemm_->linear(out, x, weight, bias, stream_);
+}
+
+void CudaBackend::rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor cos_sin,
+                                 const AttentionMetadata& meta, KVCacheLayer cache) {
+  use_device();
+  cuda::rope_and_cache(q, k, v, cos_sin, meta.positions, meta.slot_mapping, cache.k, cache.v,
+                       stream_);
+}
+
+void CudaBackend::attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,
+                            float scale, std::optional<int> sliding_window) {
+  use_device();
+  cuda::paged_attention(out, q, cache.k, cache.v, meta, scale, sliding_window, stream_);
+}
+
+void CudaBackend::silu_and_mul(Tensor out, Tensor x) {
+  use_device();
+  cuda::silu_and_mul(out, x, stream_);
+}
+
+void CudaBackend::gather_rows(Tensor out, Tensor x, Tensor indices) {
+  use_device();
+  cuda::gather_rows(out, x, indices, stream_);
+}
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend(int device, DType compute_dtype) {
+  return std::make_unique<cuda::CudaBackend>(device, compute_dtype);
+}
+
+}  // namespace engine

@@ -1,0 +1,55 @@
+#pragma once
+// CudaBackend: the Backend interface on one GPU. Activations, the KV cache and weights are in
+// the compute dtype (bf16 by default, fp16 selectable); norms, rope tables and biases in fp32;
+// logits in fp32. Every kernel is enqueued on the backend's one stream; only copy_to_host and
+// synchronize wait for it.
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "gemm/gemm.h"
+
+namespace engine::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, DType compute_dtype);
+  ~CudaBackend() override;
+
+  DeviceType device_type() const override { return DeviceType::kCuda; }
+  const char* name() const override { return name_.c_str(); }
+  DType compute_dtype() const override { return compute_dtype_; }
+  std::optional<size_t> free_memory() const override;
+
+  Buffer allocate(size_t nbytes) override;
+  void copy_from_host(Tensor dst, const void* src) override;
+  void copy_to_host(void* dst, Tensor src) override;
+  void synchronize() override;
+
+  void embedding(Tensor out, Tensor table, Tensor ids) override;
+  void rms_norm(Tensor out, Tensor x, Tensor weight, float eps) override;
+  void add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) override;
+  void linear(Tensor out, Tensor x, Tensor weight, const Tensor* bias) override;
+  void rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor cos_sin, const AttentionMetadata& meta,
+                      KVCacheLayer cache) override;
+  void attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,
+                 float scale, std::optional<int> sliding_window) override;
+  void silu_and_mul(Tensor out, Tensor x) override;
+  void gather_rows(Tensor out, Tensor x, Tensor indices) override;
+
+ private:
+  // The engine may step from another thread than the one that built it; the current device
+  // is per thread, so every entry selects it (a cheap, thread-local call).
+  void use_device() const;
+
+  int device_;
+  DType compute_dtype_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Gemm> gemm_;
+};
+
+}  // namespace engine::cuda
