@@ -10,27 +10,9 @@
 
 #include <cstdint>
 
+#include "common/pack.cuh"
+
 namespace engine::cuda {
-
-template <typename T>
-__device__ inline float widen(T value) {
-  return static_cast<float>(value);
-}
-
-template <typename T>
-__device__ inline T narrow(float value);
-template <>
-__device__ inline float narrow<float>(float value) {
-  return value;
-}
-template <>
-__device__ inline __nv_bfloat16 narrow<__nv_bfloat16>(float value) {
-  return __float2bfloat16_rn(value);
-}
-template <>
-__device__ inline __half narrow<__half>(float value) {
-  return __float2half_rn(value);
-}
 
 // Grid-stride over all num_rows * num_cols elements; consecutive threads take consecutive
 // columns, so both the output and the (L1/L2-resident) bias are read coalesced.
@@ -41,7 +23,7 @@ __global__ void bias_add_rows_kernel(T* __restrict__ out,             // [num_ro
   const int64_t num_elements = num_rows * num_cols;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < num_elements; i += stride) {
-    out[i] = narrow<T>(widen(out[i]) + bias[i % num_cols]);
+    out[i] = from_float<T>(to_float(out[i]) + bias[i % num_cols]);
   }
 }
 
