@@ -5,7 +5,6 @@
 
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -56,7 +55,7 @@ class WeightLoader {
   std::optional<DType> forced_dtype_;  // nullopt: keep each tensor's checkpoint dtype
   std::shared_ptr<WeightStore> checkpoint_;
   std::vector<Buffer> buffers_;
-  std::mt19937_64 rng_;
+  uint64_t seed_;  // of the dummy weights
 };
 
 // "float32" -> kF32, "bfloat16" -> kBF16, "float16" -> kF16; throws std::invalid_argument
