@@ -107,3 +107,30 @@ def test_chat_two_turns_then_exit(tiny_checkpoint):
         history.append({"role": "assistant", "content": reply})
         expected += reply + "\n"
     assert result.stdout == expected
+
+
+def test_bench_latency_and_throughput_on_dummy_weights(tiny_checkpoint):
+    model = str(tiny_checkpoint("llama"))
+    common = ["--model", model, "--load-format", "dummy", "--input-len", "8", "--output-len", "4"]
+    latency = run_ember("bench", "latency", *common, "--batch-size", "1", "2", "--num-iters", "1")
+    assert latency.returncode == 0, latency.stderr
+    rows = [
+        line.split() for line in latency.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])
+    ]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(row[1]) > 0 for row in rows)
+
+    throughput = run_ember("bench", "throughput", *common, "--num-prompts", "3")
+    assert throughput.returncode == 0, throughput.stderr
+    (ember_row,) = [
+        line.split() for line in throughput.stdout.splitlines() if line.split()[:1] == ["ember"]
+    ]
+    requests_per_s, output_per_s, total_per_s = map(float, ember_row[1:4])
+    assert requests_per_s > 0
+    # 3 prompts x (8 in + 4 out): total is 3x the output rate
+    assert total_per_s == pytest.approx(3 * output_per_s, rel=1e-3)
+
+
+def test_bench_rejects_bad_sizes():
+    result = run_ember("bench", "throughput", "--model", "llama-3-8b", "--num-prompts", "0")
+    assert_clean_error(result, "--num-prompts must be >= 1, got 0")

@@ -28,19 +28,35 @@ def add_latency_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 
-def run_latency(args: argparse.Namespace) -> int:
+BUNDLED_CONFIGS = ("llama-3-8b", "qwen2.5-7b")  # python/ember/configs/<name>/config.json
+
+
+def bench_engine(args: argparse.Namespace):
+    """The engine a benchmark runs: --model may also name a bundled config (random weights).
+    Dummy weights come without a tokenizer, so prompts are then random token ids."""
+    from pathlib import Path
+
     from ember.cli import engine_kwargs
     from ember.engine import Engine
 
+    model = args.model
+    if model in BUNDLED_CONFIGS:
+        model = str(Path(__file__).parent / "configs" / model)
+        args.load_format = "dummy"
+    dummy = args.load_format == "dummy"
+    return Engine(model, skip_tokenizer_init=dummy, **engine_kwargs(args))
+
+
+def run_latency(args: argparse.Namespace) -> int:
     _check_latency_flags(args)
-    engine = Engine(args.model, **engine_kwargs(args))
+    engine = bench_engine(args)
     prompt_ids = _prompt_ids(engine, args)
     results = [
         {"batch_size": batch, "ember": time_ember(engine, prompt_ids, batch, args)}
         for batch in args.batch_size
     ]
     if args.compare_hf:
-        hf_model = _load_hf_model(engine.model_dir, args.load_format)
+        hf_model = load_hf_model(engine, args.load_format)
         for result in results:
             hf = time_hf(hf_model, prompt_ids, result["batch_size"], args)
             result["hf"] = hf
@@ -128,28 +144,29 @@ def _summarize(runs: list[tuple[float, float]], batch: int, output_len: int) -> 
     }
 
 
-def _load_hf_model(model_dir, load_format: str):
-    """The same checkpoint in transformers: fp32, eager attention, all cores."""
+def load_hf_model(engine, load_format: str):
+    """The same checkpoint in transformers, eager attention, where ember runs: on the GPU in
+    bf16, on the CPU in fp32 with all cores."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    on_gpu = engine.model_info.device.startswith("cuda")
+    dtype = torch.bfloat16 if on_gpu else torch.float32
     torch.set_num_threads(os.cpu_count() or 1)
     if load_format == "dummy":
-        config = AutoConfig.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=torch.float32, attn_implementation="eager"
-        )
+        config = AutoConfig.from_pretrained(engine.model_dir)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, attn_implementation="eager"
+            engine.model_dir, dtype=dtype, attn_implementation="eager"
         )
-    return model.eval()
+    return model.to(engine.model_info.device if on_gpu else "cpu").eval()
 
 
 def time_hf(model, prompt_ids: list[int], batch: int, args: argparse.Namespace) -> dict:
     import torch
 
-    input_ids = torch.tensor([prompt_ids] * batch)
+    input_ids = torch.tensor([prompt_ids] * batch, device=model.device)
     pad_token_id = model.generation_config.pad_token_id
     if pad_token_id is None:
         pad_token_id = model.generation_config.eos_token_id or 0
@@ -165,6 +182,8 @@ def time_hf(model, prompt_ids: list[int], batch: int, args: argparse.Namespace) 
                 max_new_tokens=args.output_len,
                 pad_token_id=pad_token_id,
             )
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     elapsed = statistics.median(times[args.warmup :])
     return {"elapsed_s": elapsed, "output_tokens_per_s": batch * args.output_len / elapsed}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ember
 from ember import bench as bench_command
+from ember import bench_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_latency_flags(latency)
     add_model_flags(latency)
     latency.set_defaults(run=bench_command.run_latency)
+    throughput = bench_kinds.add_parser("throughput", help="offline throughput, random dataset")
+    bench_throughput.add_throughput_flags(throughput)
+    add_model_flags(throughput)
+    throughput.set_defaults(run=bench_throughput.run_throughput)
     return parser
 
 
