@@ -1,0 +1,242 @@
+#include "sampling/sampler.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "common/cuda_check.h"
+#include "common/tensor_checks.h"
+#include "sampling/sampler.cuh"
+
+namespace engine::cuda {
+namespace {
+
+using sampling::RowArgs;
+using sampling::RowResult;
+
+void check_token_ids(std::span<const int> ids, int vocab_size, size_t row, const char* what) {
+  for (int id : ids) {
+    if (id < 0 || id >= vocab_size) {
+      throw std::out_of_range("GpuSampler row " + std::to_string(row) + ": " + what + " token id " +
+                              std::to_string(id) + " is outside [0, " + std::to_string(vocab_size) +
+                              ")");
+    }
+  }
+}
+
+bool has_penalties(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+}
+
+// Out-of-range ids would write outside the row on the device, so they are refused here, with
+// the CPU sampler's checks.
+void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const SamplingRow& row = rows[r];
+    if (row.params == nullptr) {
+      throw std::invalid_argument("GpuSampler row " + std::to_string(r) + " has no params");
+    }
+    const SamplingParams& p = *row.params;
+    check_token_ids(row.masked_token_ids, vocab_size, r, "masked");
+    if (p.repetition_penalty != 1.0f)
+      check_token_ids(row.prompt_token_ids, vocab_size, r, "prompt");
+    if (has_penalties(p)) check_token_ids(row.output_token_ids, vocab_size, r, "output");
+    if (p.logprobs.has_value() && (*p.logprobs < 0 || *p.logprobs > SamplingParams::kMaxLogprobs)) {
+      throw std::invalid_argument("GpuSampler row " + std::to_string(r) + ": logprobs " +
+                                  std::to_string(*p.logprobs) + " is outside [0, " +
+                                  std::to_string(SamplingParams::kMaxLogprobs) + "]");
+    }
+  }
+}
+
+// The greedy fast path needs no uploads and no workspace.
+bool all_plain_greedy(const std::vector<SamplingRow>& rows) {
+  return std::all_of(rows.begin(), rows.end(), [](const SamplingRow& row) {
+    const SamplingParams& p = *row.params;
+    return p.is_greedy() && !has_penalties(p) && !p.logprobs.has_value() &&
+           row.masked_token_ids.empty();
+  });
+}
+
+// Appends the row's token ids to `tokens` and fills its RowArgs as the CPU sampler would
+// decide: the same top_k_on, any_filter, 1 / temperature and uniform draw.
+RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& tokens,
+                      int& num_top) {
+  const SamplingParams& p = *row.params;
+  RowArgs a{};
+  auto append = [&](std::span<const int> ids, int& begin, int& end) {
+    begin = static_cast<int>(tokens.size());
+    tokens.insert(tokens.end(), ids.begin(), ids.end());
+    end = static_cast<int>(tokens.size());
+  };
+  append(row.masked_token_ids, a.masked_begin, a.masked_end);
+  const bool repetition = p.repetition_penalty != 1.0f;
+  append(repetition ? row.prompt_token_ids : std::span<const int>{}, a.prompt_begin, a.prompt_end);
+  append(has_penalties(p) ? row.output_token_ids : std::span<const int>{}, a.output_begin,
+         a.output_end);
+  a.repetition_penalty = p.repetition_penalty;
+  a.frequency_penalty = p.frequency_penalty;
+  a.presence_penalty = p.presence_penalty;
+  const bool top_k_on = p.top_k > 0 && p.top_k < vocab_size;
+  a.top_k = top_k_on ? p.top_k : 0;
+  a.top_p = p.top_p;
+  a.min_floor = std::max(std::max(p.min_p, 0.0f), std::numeric_limits<float>::denorm_min());
+  const bool any_filter = p.min_p > 0.0f || top_k_on || p.top_p < 1.0f;
+  a.flags = (p.is_greedy() ? sampling::kGreedy : 0) | (any_filter ? sampling::kAnyFilter : 0) |
+            (has_penalties(p) || !row.masked_token_ids.empty() ? sampling::kNeedsCopy : 0);
+  if (!p.is_greedy()) {
+    a.inv_temperature = 1.0f / p.temperature;
+    a.u = uniform_draw(row.seed, row.output_token_ids.size());
+  }
+  a.num_logprobs = p.logprobs.has_value() ? std::min(*p.logprobs, vocab_size) : -1;
+  a.top_offset = num_top;
+  num_top += std::max(a.num_logprobs, 0);
+  return a;
+}
+
+size_t align8(size_t n) { return (n + 7) / 8 * 8; }
+
+}  // namespace
+
+GpuSampler::GpuSampler(int max_rows, int vocab_size) { reserve(max_rows, vocab_size); }
+
+GpuSampler::~GpuSampler() { release(); }
+
+void GpuSampler::release() {
+  cudaFree(work_);
+  cudaFree(marks_);
+  cudaFree(keys_);
+  cudaFree(upload_);
+  cudaFree(results_);
+  cudaFreeHost(upload_host_);
+  cudaFreeHost(results_host_);
+}
+
+void GpuSampler::reserve(int num_rows, int vocab_size) {
+  if (num_rows <= capacity_rows_ && vocab_size <= capacity_vocab_) return;
+  const int rows = std::max(num_rows, capacity_rows_);
+  const int vocab = std::max(vocab_size, capacity_vocab_);
+  const size_t n = static_cast<size_t>(rows) * vocab;
+  // NOTE: a grow happens between calls, after the previous call synchronised its stream.
+  cudaFree(work_);
+  cudaFree(marks_);
+  cudaFree(keys_);
+  work_ = nullptr;
+  marks_ = nullptr;
+  keys_ = nullptr;
+  EMBER_CUDA_CHECK(cudaMalloc(&work_, n * sizeof(float)));
+  EMBER_CUDA_CHECK(cudaMalloc(&marks_, n * sizeof(int)));
+  EMBER_CUDA_CHECK(cudaMalloc(&keys_, n * sizeof(unsigned long long)));
+  EMBER_CUDA_CHECK(cudaMemset(marks_, 0, n * sizeof(int)));
+  capacity_rows_ = rows;
+  capacity_vocab_ = vocab;
+  const size_t results = align8(rows * sizeof(RowResult)) +
+                         static_cast<size_t>(rows) * SamplingParams::kMaxLogprobs * 8;
+  reserve_uploads(rows * sizeof(RowArgs), 0);
+  if (results > capacity_result_bytes_) {
+    cudaFree(results_);
+    cudaFreeHost(results_host_);
+    results_ = nullptr;
+    results_host_ = nullptr;
+    EMBER_CUDA_CHECK(cudaMalloc(&results_, results));
+    EMBER_CUDA_CHECK(cudaMallocHost(&results_host_, results));
+    capacity_result_bytes_ = results;
+  }
+}
+
+void GpuSampler::reserve_uploads(size_t num_args_bytes, size_t num_tokens) {
+  const size_t bytes = align8(num_args_bytes) + num_tokens * sizeof(int);
+  if (bytes <= capacity_upload_bytes_) return;
+  const size_t grown = std::max(bytes, 2 * capacity_upload_bytes_);
+  cudaFree(upload_);
+  cudaFreeHost(upload_host_);
+  upload_ = nullptr;
+  upload_host_ = nullptr;
+  EMBER_CUDA_CHECK(cudaMalloc(&upload_, grown));
+  EMBER_CUDA_CHECK(cudaMallocHost(&upload_host_, grown));
+  capacity_upload_bytes_ = grown;
+}
+
+std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
+                                             const std::vector<SamplingRow>& rows,
+                                             cudaStream_t stream) {
+  constexpr const char* kName = "GpuSampler::sample";
+  arg_check::rank(kName, "logits", logits, 2);
+  arg_check::dtype(kName, "logits", logits, DType::kF32);
+  arg_check::size(kName, "logits", logits, 0, static_cast<int64_t>(rows.size()),
+                  "the number of sampling rows");
+  const int num_rows = static_cast<int>(rows.size());
+  const int vocab_size = static_cast<int>(logits.size(1));
+  if (vocab_size <= 0) {
+    throw std::invalid_argument(std::string(kName) + ": vocab_size is " +
+                                std::to_string(vocab_size) + " but must be positive");
+  }
+  check_rows(rows, vocab_size);
+  std::vector<SampleResult> out(rows.size());
+  if (num_rows == 0) return out;
+  reserve(num_rows, vocab_size);
+  auto* results = reinterpret_cast<RowResult*>(results_);
+  auto* results_host = reinterpret_cast<RowResult*>(results_host_);
+
+  if (all_plain_greedy(rows)) {
+    sampling::argmax_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(logits.ptr<float>(),
+                                                                              vocab_size, results);
+    EMBER_CUDA_CHECK_LAUNCH();
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(results_host, results, num_rows * sizeof(RowResult),
+                                     cudaMemcpyDeviceToHost, stream));
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (int r = 0; r < num_rows; ++r) out[r].token_id = results_host[r].token_id;
+    return out;
+  }
+
+  std::vector<RowArgs> args(rows.size());
+  std::vector<int> tokens;
+  int num_top = 0;
+  for (int r = 0; r < num_rows; ++r) args[r] = make_row_args(rows[r], vocab_size, tokens, num_top);
+  const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
+  reserve_uploads(args_bytes, tokens.size());
+  std::memcpy(upload_host_, args.data(), args.size() * sizeof(RowArgs));
+  std::memcpy(upload_host_ + args_bytes, tokens.data(), tokens.size() * sizeof(int));
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(upload_, upload_host_, args_bytes + tokens.size() * sizeof(int),
+                                   cudaMemcpyHostToDevice, stream));
+
+  // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
+  const size_t ids_offset = align8(num_rows * sizeof(RowResult));
+  const size_t logprobs_offset = ids_offset + num_top * sizeof(int);
+  const size_t result_bytes = logprobs_offset + num_top * sizeof(float);
+  // Fixed-point masses: vocab_size weights of at most 1 stay below 2^62.
+  const int shift = 62 - std::bit_width(static_cast<unsigned>(vocab_size));
+  const sampling::Workspace ws{work_, marks_, reinterpret_cast<uint64_t*>(keys_)};
+  sampling::sample_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(
+      logits.ptr<float>(), vocab_size, reinterpret_cast<const RowArgs*>(upload_),
+      reinterpret_cast<const int*>(upload_ + args_bytes), ws, std::ldexp(1.0, shift), results,
+      reinterpret_cast<int*>(results_ + ids_offset),
+      reinterpret_cast<float*>(results_ + logprobs_offset));
+  EMBER_CUDA_CHECK_LAUNCH();
+  EMBER_CUDA_CHECK(
+      cudaMemcpyAsync(results_host_, results_, result_bytes, cudaMemcpyDeviceToHost, stream));
+  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  const auto* top_ids = reinterpret_cast<const int*>(results_host_ + ids_offset);
+  const auto* top_logprobs = reinterpret_cast<const float*>(results_host_ + logprobs_offset);
+  for (int r = 0; r < num_rows; ++r) {
+    const RowResult& res = results_host[r];
+    out[r].token_id = res.token_id;
+    if (args[r].num_logprobs < 0) continue;
+    TokenLogprobs lp;
+    lp.token_id = res.token_id;
+    lp.logprob = res.logprob;
+    lp.rank = res.rank;
+    for (int j = 0; j < res.num_top; ++j) {
+      lp.top.emplace_back(top_ids[args[r].top_offset + j], top_logprobs[args[r].top_offset + j]);
+    }
+    out[r].logprobs = std::move(lp);
+  }
+  return out;
+}
+
+}  // namespace engine::cuda
