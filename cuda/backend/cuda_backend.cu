@@ -8,6 +8,8 @@
 #include "embedding/embedding.h"
 #include "norm/norm.h"
 #include "rope/rope_cache.h"
+#include "runtime/logits_sampler.h"
+#include "sampling/sampler.h"
 
 namespace engine {
 namespace cuda {
@@ -121,7 +123,36 @@ void CudaBackend::gather_rows(Tensor out, Tensor x, Tensor indices) {
   cuda::gather_rows(out, x, indices, stream_);
 }
 
+namespace {
+
+// Samples on the device, on the backend's stream: only ids and logprobs reach the host.
+class CudaLogitsSampler final : public LogitsSampler {
+ public:
+  CudaLogitsSampler(CudaBackend& backend, int max_rows, int vocab_size)
+      : backend_(backend), sampler_(max_rows, vocab_size) {}
+
+  std::vector<SampleResult> sample(const Tensor& logits,
+                                   const std::vector<SamplingRow>& rows) override {
+    return sampler_.sample(logits, rows, backend_.stream());
+  }
+
+ private:
+  CudaBackend& backend_;
+  GpuSampler sampler_;
+};
+
+}  // namespace
 }  // namespace cuda
+
+std::unique_ptr<LogitsSampler> make_cuda_logits_sampler(Backend& backend, int max_rows,
+                                                        int vocab_size) {
+  auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(&backend);
+  if (cuda_backend == nullptr) {
+    throw std::logic_error(std::string("the CUDA sampler needs the CUDA backend, got ") +
+                           backend.name());
+  }
+  return std::make_unique<cuda::CudaLogitsSampler>(*cuda_backend, max_rows, vocab_size);
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device, DType compute_dtype) {
   return std::make_unique<cuda::CudaBackend>(device, compute_dtype);

@@ -22,6 +22,7 @@ class CudaBackend final : public Backend {
   DeviceType device_type() const override { return DeviceType::kCuda; }
   const char* name() const override { return name_.c_str(); }
   DType compute_dtype() const override { return compute_dtype_; }
+  cudaStream_t stream() const { return stream_; }
   std::optional<size_t> free_memory() const override;
 
   Buffer allocate(size_t nbytes) override;

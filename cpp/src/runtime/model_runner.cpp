@@ -60,7 +60,7 @@ ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& con
   }
   logits_buffer_ = backend.allocate(static_cast<size_t>(config.max_num_seqs) * mc.vocab_size *
                                     dtype_size(DType::kF32));
-  host_logits_.resize(static_cast<size_t>(config.max_num_seqs) * mc.vocab_size);
+  sampler_ = make_logits_sampler(backend, config.max_num_seqs, mc.vocab_size);
   model.allocate_workspace(config.max_num_batched_tokens, config.max_num_seqs);
 }
 
@@ -182,9 +182,8 @@ ModelRunnerOutput ModelRunner::execute(const SchedulerOutput& scheduled) {
   model_.forward(inputs, kv_cache_, logits);
   if (num_rows == 0) return output;
 
-  backend_.copy_to_host(host_logits_.data(), logits);
   const std::vector<SampleResult> results =
-      sampler_.sample(host_logits_.data(), vocab_size, sampling_rows(in.sampled_seq_ids));
+      sampler_->sample(logits, sampling_rows(in.sampled_seq_ids));
   for (size_t i = 0; i < results.size(); ++i) {
     const SeqId seq_id = in.sampled_seq_ids[i];
     sequences_.at(seq_id).token_ids.push_back(results[i].token_id);

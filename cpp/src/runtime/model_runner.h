@@ -11,6 +11,7 @@
 #include "backend/backend.h"
 #include "core/scheduler_output.h"
 #include "model/model.h"
+#include "runtime/logits_sampler.h"
 #include "runtime/sampler.h"
 
 namespace engine {
@@ -62,9 +63,8 @@ class ModelRunner {
   std::vector<Buffer> kv_buffers_;
   std::vector<KVCacheLayer> kv_cache_;
   std::vector<Buffer> input_buffers_;  // one per uploaded i32 array, grown as needed
-  Buffer logits_buffer_;               // [max_num_seqs, vocab] in the compute dtype
-  std::vector<float> host_logits_;
-  Sampler sampler_;
+  Buffer logits_buffer_;               // [max_num_seqs, vocab] f32
+  std::unique_ptr<LogitsSampler> sampler_;
 };
 
 }  // namespace engine

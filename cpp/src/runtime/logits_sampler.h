@@ -1,0 +1,30 @@
+#pragma once
+// Where a step's logits are sampled: a strategy chosen once per runner. On the CPU backend the
+// logits are already host memory; on a GPU they are sampled on the device and only the ids
+// (and asked logprobs) come back.
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "runtime/sampler.h"
+
+namespace engine {
+
+class LogitsSampler {
+ public:
+  virtual ~LogitsSampler() = default;
+  // logits: [rows.size(), vocab] f32 on the backend's device.
+  virtual std::vector<SampleResult> sample(const Tensor& logits,
+                                           const std::vector<SamplingRow>& rows) = 0;
+};
+
+// The sampler for this backend: the device sampler where the backend has one, else copy to
+// the host and run Sampler.
+std::unique_ptr<LogitsSampler> make_logits_sampler(Backend& backend, int max_rows, int vocab_size);
+
+// The CUDA backend's device sampler; defined in cuda/backend/ (builds with EMBER_WITH_CUDA).
+std::unique_ptr<LogitsSampler> make_cuda_logits_sampler(Backend& backend, int max_rows,
+                                                        int vocab_size);
+
+}  // namespace engine
