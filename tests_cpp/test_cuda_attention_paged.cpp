@@ -280,6 +280,28 @@ TEST_F(CudaPagedAttention, Batch64Decode) {
   }
 }
 
+// The decode kernel's head chunks (1, 2 and 4 heads, a partly empty last chunk at group 3 and 6),
+// sliding windows shorter and longer than a chunk, and batch sizes on both sides of the split
+// threshold, with sequences that have no new token this step.
+TEST_F(CudaPagedAttention, DecodeGroupsWindowsAndSplits) {
+  uint32_t seed = 700;
+  for (auto [hq, hk] : {std::pair{2, 2}, {4, 2}, {6, 2}, {12, 2}})
+    for (int num_seqs : {3, 40})
+      for (std::optional<int> window : {std::optional<int>(), std::optional<int>(1),
+                                        std::optional<int>(7), std::optional<int>(300)}) {
+        Case c{{}, {}, hq, hk, seed % 2 ? 128 : 64, seed % 3 ? 16 : 11, window};
+        std::mt19937 rng(seed);
+        std::uniform_int_distribution<int> context(1, 2500);
+        for (int b = 0; b < num_seqs; ++b) {
+          c.query_lens.push_back(b % 5 == 4 ? 0 : 1);
+          c.seq_lens.push_back(context(rng));
+        }
+        c.dtype = seed % 4 < 2 ? DType::kBF16 : DType::kF16;
+        c.seed = seed++;
+        run_case(c);
+      }
+}
+
 TEST_F(CudaPagedAttention, Batch1Prefill) {
   for (const HeadShape& h : head_shapes()) {
     Case c{{300}, {300}, h.num_q_heads, h.num_kv_heads, h.head_dim, 16};
@@ -331,10 +353,8 @@ TEST_F(CudaPagedAttention, RejectsBadShapesNamingTheTensor) {
             std::string::npos);
 }
 
-// Not a correctness check: prints the achieved KV-read bandwidth of a Llama-3-8B-shaped decode
-// step (batch 64, context 4096, 32 q heads, 8 kv heads, head_dim 128, block 16, bf16).
-TEST_F(CudaPagedAttention, TimingDecodeBatch64Context4096) {
-  const int num_seqs = 64, context = 4096, hq = 32, hk = 8, dim = 128, bs = 16;
+void time_decode(int num_seqs) {
+  const int context = 4096, hq = 32, hk = 8, dim = 128, bs = 16;
   const int blocks_per_seq = context / bs, num_blocks = num_seqs * blocks_per_seq + 1;
   const size_t cache_elems = size_t(num_blocks) * bs * hk * dim;
   DeviceBuffer d_k(cache_elems * 2), d_v(cache_elems * 2), d_q(size_t(num_seqs) * hq * dim * 2),
@@ -400,13 +420,21 @@ TEST_F(CudaPagedAttention, TimingDecodeBatch64Context4096) {
   const double kv_bytes = 2.0 * num_seqs * context * hk * dim * 2;  // K and V, bf16
   std::printf(
       "paged_attention decode B=%d ctx=%d Hq=%d Hk=%d D=%d block=%d bf16: median %.1f us "
-      "(min %.1f), KV read %.0f GB/s\n",
+      "(min %.1f), KV read %.0f GB/s (%.0f%% of 4278 GB/s copy)\n",
       num_seqs, context, hq, hk, dim, bs, median_ms * 1e3, times_ms.front() * 1e3,
-      kv_bytes / (median_ms * 1e-3) / 1e9);
+      kv_bytes / (median_ms * 1e-3) / 1e9, kv_bytes / (median_ms * 1e-3) / 4278e9 * 100);
   std::vector<uint16_t> out_bits(size_t(num_seqs) * hq * dim);
   EMBER_CUDA_CHECK(
       cudaMemcpy(out_bits.data(), d_out.get(), out_bits.size() * 2, cudaMemcpyDeviceToHost));
   for (uint16_t x : out_bits) ASSERT_TRUE(std::isfinite(bf16_to_float(x)));
+}
+
+// Not a correctness check: prints the achieved KV-read bandwidth of a Llama-3-8B-shaped decode
+// step (context 4096, 32 q heads, 8 kv heads, head_dim 128, block 16, bf16) at batch 64, and at
+// batch 8, which takes the split path.
+TEST_F(CudaPagedAttention, TimingDecodeBatch64Context4096) {
+  time_decode(64);
+  time_decode(8);
 }
 
 }  // namespace

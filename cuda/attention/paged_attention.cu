@@ -11,6 +11,7 @@
 #include <string>
 
 #include "attention/paged_attention.cuh"
+#include "attention/paged_decode.cuh"
 #include "common/cuda_check.h"
 
 namespace engine::cuda {
@@ -174,12 +175,59 @@ LaunchShape plan_launch(int64_t num_q_heads, int64_t num_kv_heads, const Attenti
   return s;
 }
 
+// Pure decode batches (max_query_len == 1): one CTA per (sequence, kv head, head chunk, split)
+// of decode::paged_decode_kernel, split only when the batch leaves most CTA slots empty.
+LaunchShape plan_decode_launch(int64_t num_q_heads, int64_t num_kv_heads, int heads_per_cta,
+                               const AttentionMetadata& meta) {
+  LaunchShape s{};
+  const int group = static_cast<int>(num_q_heads / num_kv_heads);
+  s.heads_per_cta = heads_per_cta;
+  s.num_head_chunks = (group + heads_per_cta - 1) / heads_per_cta;
+  s.queries_per_tile = 1;
+  s.num_query_tiles = 1;
+  s.num_splits = 1;
+  s.keys_per_split = 1 << 30;
+  const int64_t num_ctas = int64_t(meta.num_seqs) * num_kv_heads * s.num_head_chunks;
+  // One wave holds kMinCtasPerSm CTAs per SM; fill it, never spill into a second wave.
+  const int64_t wanted =
+      int64_t(attention::decode::kMinCtasPerSm) * multiprocessor_count() / num_ctas;
+  const int64_t by_length = meta.max_seq_len / kMinKeysPerSplit;
+  const int splits = static_cast<int>(std::min<int64_t>({wanted, by_length, kMaxSplits}));
+  if (splits > 1) {
+    const int per_split = (meta.max_seq_len + splits - 1) / splits;
+    s.keys_per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
+    s.num_splits = (meta.max_seq_len + s.keys_per_split - 1) / s.keys_per_split;
+  }
+  return s;
+}
+
+// Launches decode::paged_decode_kernel, asking once per instantiation for the shared-memory
+// carveout that lets kMinCtasPerSm CTAs of 48 KB share an SM (a preference for occupancy;
+// results do not depend on it).
+template <typename T, int kHeadDim, int kHeads>
+void launch_decode(const PagedAttentionParams<T>& p, dim3 grid, cudaStream_t stream) {
+  static std::once_flag carveout_set;
+  std::call_once(carveout_set, [] {
+    EMBER_CUDA_CHECK(cudaFuncSetAttribute(
+        attention::decode::paged_decode_kernel<T, kHeadDim, kHeads>,
+        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  });
+  attention::decode::paged_decode_kernel<T, kHeadDim, kHeads>
+      <<<grid, attention::decode::kThreads, 0, stream>>>(p);
+}
+
 template <typename T, int kHeadDim>
 void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
             const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
             cudaStream_t stream) {
   const int64_t num_tokens = q.size(0), num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
-  const LaunchShape shape = plan_launch(num_q_heads, num_kv_heads, meta);
+  const int group = static_cast<int>(num_q_heads / num_kv_heads);
+  // Decode CTAs carry 1, 2 or 4 heads: more would cost registers that occupancy needs.
+  const int decode_heads = group == 1 ? 1 : group == 2 ? 2 : 4;
+  const bool decode = meta.max_query_len == 1;
+  const LaunchShape shape = decode
+                                ? plan_decode_launch(num_q_heads, num_kv_heads, decode_heads, meta)
+                                : plan_launch(num_q_heads, num_kv_heads, meta);
   PagedAttentionParams<T> p{};
   p.out = out.ptr<T>();
   p.q = q.ptr<const T>();
@@ -216,7 +264,15 @@ void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Ten
   }
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(shape.num_splits));
-  attention::paged_attention_kernel<T, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+  if (!decode) {
+    attention::paged_attention_kernel<T, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+  } else if (decode_heads == 1) {
+    launch_decode<T, kHeadDim, 1>(p, grid, stream);
+  } else if (decode_heads == 2) {
+    launch_decode<T, kHeadDim, 2>(p, grid, stream);
+  } else {
+    launch_decode<T, kHeadDim, 4>(p, grid, stream);
+  }
   EMBER_CUDA_CHECK_LAUNCH();
   if (shape.num_splits > 1) {
     const int64_t num_blocks = (num_rows + kWarps - 1) / kWarps;
