@@ -6,6 +6,7 @@ Every checkpoint here is made offline: the tokenizer is trained on the text belo
 """
 
 import functools
+import gc
 import os
 
 # NOTE: set before transformers or huggingface_hub is imported anywhere, so nothing can reach
@@ -182,6 +183,34 @@ def tiny_checkpoint(tmp_path_factory):
     return make
 
 
+def cpu_engine(model, **kwargs):
+    """An Engine on the CPU. Tests not marked `gpu` check the CPU path (fp32 compute, fp32
+    references and tolerances); with device="auto" they would land on a GPU where there is one."""
+    from ember import Engine
+
+    return Engine(str(model), device="cpu", **kwargs)
+
+
+def cuda_engine(model, **kwargs):
+    """An Engine on the GPU; skips the test without a CUDA device or a CUDA build of ember."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    # NOTE: a GPU engine takes a share of the device memory for its KV cache when it starts.
+    # Engines of earlier tests may still wait in a reference cycle (and torch may cache blocks
+    # of the reference model), so free them first: one live engine at a time.
+    gc.collect()
+    torch.cuda.empty_cache()
+    from ember import Engine
+
+    try:
+        return Engine(str(model), device="cuda", **kwargs)
+    except ValueError as error:
+        if "no CUDA backend" in str(error):
+            pytest.skip("ember was built without its CUDA backend")
+        raise
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> pathlib.Path:
     """The default model (SmolLM2-135M-Instruct) as a bf16 HF checkpoint folder, imported from
@@ -193,5 +222,6 @@ def smollm2_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def hf_model():
-    """Factory: hf_model(path) -> the transformers model in fp32, eval mode (cached)."""
+    """Factory: hf_model(path, device="cpu", dtype=torch.float32) -> the transformers model,
+    eval mode (cached)."""
     return load_hf_model

@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from ember import Engine, SamplingParams
+from conftest import cpu_engine
+from ember import SamplingParams
 
 MAX_MODEL_LEN = 64
 
@@ -23,7 +24,7 @@ def checkpoint(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def engine(checkpoint):
-    return Engine(str(checkpoint), max_model_len=MAX_MODEL_LEN)
+    return cpu_engine(checkpoint, max_model_len=MAX_MODEL_LEN)
 
 
 def greedy(**kwargs):
@@ -105,13 +106,13 @@ def test_one_bad_request_fails_the_whole_call_before_running(engine):
 )
 def test_bad_engine_argument_names_it(checkpoint, argument, value):
     with pytest.raises(ValueError, match=argument):
-        Engine(str(checkpoint), **{argument: value})
+        cpu_engine(checkpoint, **{argument: value})
 
 
 def test_missing_model_path(tmp_path):
     missing = tmp_path / "no_such_model"
     with pytest.raises(ValueError, match="no_such_model"):
-        Engine(str(missing))
+        cpu_engine(missing)
 
 
 def copy_checkpoint(checkpoint, tmp_path):
@@ -131,14 +132,14 @@ def test_unknown_architecture(checkpoint, tmp_path):
     directory = copy_checkpoint(checkpoint, tmp_path)
     edit_config(directory, lambda c: c.update(architectures=["FooBarForCausalLM"]))
     with pytest.raises(ValueError, match="FooBarForCausalLM"):
-        Engine(str(directory))
+        cpu_engine(directory)
 
 
 def test_config_missing_hidden_size(checkpoint, tmp_path):
     directory = copy_checkpoint(checkpoint, tmp_path)
     edit_config(directory, lambda c: c.pop("hidden_size"))
     with pytest.raises(ValueError, match="hidden_size"):
-        Engine(str(directory))
+        cpu_engine(directory)
 
 
 # A broken weights file is loaded in a child process: a segfault there fails this test
@@ -148,7 +149,7 @@ LOAD_SCRIPT = textwrap.dedent(
     import json, sys
     from ember import Engine
     try:
-        Engine(sys.argv[1])
+        Engine(sys.argv[1], device="cpu")
     except Exception as error:
         print(json.dumps({"type": type(error).__name__, "message": str(error)}))
     else:

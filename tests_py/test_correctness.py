@@ -3,8 +3,8 @@ architecture: greedy tokens equal (vLLM's near-tie rule) and logprobs close."""
 
 import pytest
 
-from conftest import ARCHITECTURES
-from ember import Engine, SamplingParams
+from conftest import ARCHITECTURES, cpu_engine
+from ember import SamplingParams
 from hf_reference import (
     check_logprobs_close,
     check_outputs_close,
@@ -28,7 +28,7 @@ def run_against_hf(checkpoint, hf_model, **engine_kwargs):
     prompts = mixed_prompts(tokenizer, len(tokenizer))
     prompts_ids = [encode(tokenizer, p) for p in prompts]
 
-    engine = Engine(str(checkpoint), **engine_kwargs)
+    engine = cpu_engine(checkpoint, **engine_kwargs)
     outputs = engine.generate(prompts, greedy_params(), use_tqdm=False)
 
     assert [list(o.prompt_token_ids) for o in outputs] == prompts_ids
@@ -50,7 +50,7 @@ def test_explicit_float32_matches_hf(tiny_checkpoint, hf_model):
 
 
 def test_cumulative_logprob_is_sum_of_token_logprobs(tiny_checkpoint):
-    engine = Engine(str(tiny_checkpoint("llama")))
+    engine = cpu_engine(tiny_checkpoint("llama"))
     (output,) = engine.generate("Hello", greedy_params(8), use_tqdm=False)
     completion = output.outputs[0]
     chosen = [

@@ -1,6 +1,7 @@
 """The C++ example (cpp/examples/generate) builds against the installed package with CMake's
 find_package(engine) and generates the same greedy tokens as the Python engine."""
 
+import os
 import pathlib
 import shutil
 import subprocess
@@ -8,7 +9,8 @@ import subprocess
 import pytest
 
 import ember
-from ember import Engine, SamplingParams
+from conftest import cpu_engine
+from ember import SamplingParams
 
 EXAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "cpp" / "examples" / "generate"
 PROMPT_IDS = [5, 17, 42, 99, 123]
@@ -66,13 +68,15 @@ def test_cpp_example_matches_python_engine(example_binary, tiny_checkpoint):
             *map(str, PROMPT_IDS),
         ],
         timeout=120,
+        # The example runs device "auto": with no GPU visible that is the CPU, as in Python.
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines, "the example printed nothing"
     cpp_tokens = [int(t) for t in lines[-1].split()]
 
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
-    (output,) = Engine(str(checkpoint)).generate(
+    (output,) = cpu_engine(checkpoint).generate(
         {"prompt_token_ids": PROMPT_IDS}, params, use_tqdm=False
     )
     assert cpp_tokens == list(output.outputs[0].token_ids)

