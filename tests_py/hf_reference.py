@@ -23,10 +23,11 @@ class SequenceOutput:
 
 
 @functools.cache
-def load_hf_model(path):
+def load_hf_model(path, device="cpu", dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device).eval()
 
 
 @functools.cache
@@ -71,11 +72,11 @@ def hf_greedy_one(model, prompt_ids, max_tokens, num_logprobs=NUM_TOP_LOGPROBS, 
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    input_ids = torch.tensor([prompt_ids])
+    input_ids = torch.tensor([prompt_ids], device=model.device)
     output_ids, tops = [], []
     for _ in range(max_tokens):
         logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
-        last = logits[0, -1].double()
+        last = logits[0, -1].double().cpu()
         logprobs = torch.log_softmax(last, dim=-1)
         steered = penalize(last, prompt_ids, output_ids, **penalties) if penalties else last
         token = int(torch.argmax(steered))
@@ -83,7 +84,7 @@ def hf_greedy_one(model, prompt_ids, max_tokens, num_logprobs=NUM_TOP_LOGPROBS, 
         top[token] = float(logprobs[token])
         output_ids.append(token)
         tops.append(top)
-        input_ids = torch.tensor([[token]])
+        input_ids = torch.tensor([[token]], device=model.device)
     return SequenceOutput(output_ids, tops)
 
 
@@ -109,6 +110,15 @@ def ember_sequences(request_outputs, sample_index=0) -> list[SequenceOutput]:
         tops = [{t: lp.logprob for t, lp in step.items()} for step in completion.logprobs]
         sequences.append(SequenceOutput(list(completion.token_ids), tops))
     return sequences
+
+
+def greedy_params(max_tokens: int, num_logprobs=NUM_TOP_LOGPROBS):
+    """Greedy, EOS ignored, with the top logprobs that check_outputs_close needs."""
+    from ember import SamplingParams
+
+    return SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, logprobs=num_logprobs, ignore_eos=True
+    )
 
 
 def first_difference(a: list[int], b: list[int]):
