@@ -1,5 +1,6 @@
 """The `ember` command, run as `python -m ember` in a subprocess."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 import ember
+from conftest import cpu_engine
 
 try:
     import ember._core  # noqa: F401
@@ -20,18 +22,24 @@ needs_core = pytest.mark.skipif(not HAS_CORE, reason="ember._core is not built")
 TIMEOUT_S = 300
 
 
-def run_ember(*args, stdin=None):
+def run_env() -> dict:
     env = dict(os.environ)
     # The subprocess must import the same ember as the tests (an installed or a source tree).
     package_parent = str(pathlib.Path(ember.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     env["HF_HUB_OFFLINE"] = "1"
+    # These tests check the CPU path; an empty device list keeps device "auto" off any GPU.
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_ember(*args, stdin=None):
     return subprocess.run(
         [sys.executable, "-m", "ember", *map(str, args)],
         input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        env=run_env(),
         timeout=TIMEOUT_S,
     )
 
@@ -73,7 +81,7 @@ def test_generate_prints_the_greedy_completion(tiny_checkpoint):
     model = tiny_checkpoint("llama")
     result = run_ember("generate", "The river", "--model", model, "--max-tokens", 8)
     assert result.returncode == 0, result.stderr
-    expected = ember.Engine(model).generate(
+    expected = cpu_engine(model).generate(
         "The river", ember.SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False
     )
     assert result.stdout == expected[0].outputs[0].text + "\n"
@@ -98,7 +106,7 @@ def test_chat_two_turns_then_exit(tiny_checkpoint):
     )
     assert result.returncode == 0, result.stderr
     # The same conversation through the Python API, greedy: the streamed replies must match.
-    engine = ember.Engine(model)
+    engine = cpu_engine(model)
     params = ember.SamplingParams(temperature=0.0, max_tokens=6)
     history, expected = [], ""
     for user in ["hello", "how are you"]:
@@ -109,18 +117,29 @@ def test_chat_two_turns_then_exit(tiny_checkpoint):
     assert result.stdout == expected
 
 
-def test_bench_latency_and_throughput_on_dummy_weights(tiny_checkpoint):
+def test_bench_latency_and_throughput_on_dummy_weights(tiny_checkpoint, tmp_path):
     model = str(tiny_checkpoint("llama"))
     common = ["--model", model, "--load-format", "dummy", "--input-len", "8", "--output-len", "4"]
-    latency = run_ember("bench", "latency", *common, "--batch-size", "1", "2", "--num-iters", "1")
+    latency_json, throughput_json = tmp_path / "latency.json", tmp_path / "throughput.json"
+    latency = run_ember(
+        "bench", "latency", *common, "--batch-size", "1", "2", "--num-iters", "1",
+        "--json", latency_json,
+    )  # fmt: skip
     assert latency.returncode == 0, latency.stderr
     rows = [
         line.split() for line in latency.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])
     ]
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(float(row[1]) > 0 for row in rows)
+    report = json.loads(latency_json.read_text())
+    assert [r["batch_size"] for r in report["results"]] == [1, 2]
+    # Each timed run has 3 decode steps after the first token (4 tokens), whatever the batch.
+    assert [r["ember"]["decode_steps"]["num_steps"] for r in report["results"]] == [3, 3]
+    assert report["decode_weight_bytes"] > 0
 
-    throughput = run_ember("bench", "throughput", *common, "--num-prompts", "3")
+    throughput = run_ember(
+        "bench", "throughput", *common, "--num-prompts", "3", "--output-json", throughput_json
+    )
     assert throughput.returncode == 0, throughput.stderr
     (ember_row,) = [
         line.split() for line in throughput.stdout.splitlines() if line.split()[:1] == ["ember"]
@@ -129,6 +148,19 @@ def test_bench_latency_and_throughput_on_dummy_weights(tiny_checkpoint):
     assert requests_per_s > 0
     # 3 prompts x (8 in + 4 out): total is 3x the output rate
     assert total_per_s == pytest.approx(3 * output_per_s, rel=1e-3)
+    assert json.loads(throughput_json.read_text())["ember"]["output_tokens_per_s"] == (
+        pytest.approx(output_per_s, rel=1e-3)
+    )
+
+    # Both reports feed the summary table; without engine_bench's it marks the kernels missing.
+    summary = subprocess.run(
+        [sys.executable, "-m", "ember.bench_summary", "--latency", str(latency_json),
+         "--throughput", str(throughput_json)],
+        capture_output=True, text=True, env=run_env(), timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert summary.returncode == 1, summary.stderr
+    assert "| batch-1 decode tok/s" in summary.stdout
+    assert "missing (engine_bench)" in summary.stdout
 
 
 def test_bench_rejects_bad_sizes():

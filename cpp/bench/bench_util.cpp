@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -49,10 +50,25 @@ std::string fmt(const char* format, double value) {
 std::string json_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20) {  // control characters must be escaped
+      char escaped[8];
+      std::snprintf(escaped, sizeof(escaped), "\\u%04x", static_cast<unsigned>(c));
+      out += escaped;
+      continue;
+    }
     if (c == '"' || c == '\\') out += '\\';
     out += c;
   }
   return out;
+}
+
+// A JSON number; a non-finite value (a zero time, a missing ceiling) is null, since JSON has
+// no NaN or Infinity.
+std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.9g", value);
+  return text;
 }
 
 }  // namespace
@@ -208,14 +224,16 @@ void Bench::write_json(const std::string& path) const {
   std::ofstream out(path);
   if (!out) throw std::runtime_error("cannot open --json path '" + path + "' for writing");
   out << "{\n  \"device\": \"" << json_escape(device_name_) << "\",\n  \"reps\": " << options_.reps
-      << ",\n  \"ceilings\": {\"copy_gbps\": " << ceilings_.copy_gbps
-      << ", \"gemm_tflops\": " << ceilings_.gemm_tflops << "},\n  \"results\": [";
+      << ",\n  \"warmup\": " << options_.warmup
+      << ",\n  \"ceilings\": {\"copy_gbps\": " << json_number(ceilings_.copy_gbps)
+      << ", \"gemm_tflops\": " << json_number(ceilings_.gemm_tflops) << "},\n  \"results\": [";
   for (size_t i = 0; i < results_.size(); ++i) {
     const Result& r = results_[i];
     out << (i ? ",\n" : "\n") << "    {\"kernel\": \"" << json_escape(r.kernel)
-        << "\", \"shape\": \"" << json_escape(r.shape) << "\", \"time_us\": " << r.time_us;
-    if (r.gbps) out << ", \"gbps\": " << *r.gbps;
-    if (r.tflops) out << ", \"tflops\": " << *r.tflops;
+        << "\", \"shape\": \"" << json_escape(r.shape)
+        << "\", \"time_us\": " << json_number(r.time_us);
+    if (r.gbps) out << ", \"gbps\": " << json_number(*r.gbps);
+    if (r.tflops) out << ", \"tflops\": " << json_number(*r.tflops);
     if (!r.note.empty()) out << ", \"note\": \"" << json_escape(r.note) << "\"";
     out << "}";
   }

@@ -2,18 +2,23 @@
 Hugging Face transformers running model.generate on the same token ids.
 
 Both sides are timed on token ids (no detokenization), greedy, with EOS ignored so every
-request produces exactly --output-len tokens.
+request produces exactly --output-len tokens. The engine's step counters split each decode
+step into host time and time blocked waiting for the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
+import sys
 import time
 
 DEFAULT_PROMPT = "The history of the Roman empire"
+BUNDLED_CONFIGS = ("llama-3-8b", "qwen2.5-7b")  # python/ember/configs/<name>/config.json
+STEP_COUNTERS = ("num_steps", "step_seconds", "device_wait_seconds")  # EngineStats fields
 
 
 def add_latency_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +30,30 @@ def add_latency_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--compare-hf", action="store_true", help="also time HF transformers")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
+    add_report_and_gpu_flags(parser)
 
 
-BUNDLED_CONFIGS = ("llama-3-8b", "qwen2.5-7b")  # python/ember/configs/<name>/config.json
+def add_report_and_gpu_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags every `ember bench` shares: the JSON report and the GPU engine's settings."""
+    parser.add_argument(
+        "--json",
+        "--output-json",
+        dest="json",
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON to PATH",
+    )
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="GPU: run decode steps without CUDA graphs"
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        metavar="F",
+        help="GPU: the fraction of device memory for weights, activations and KV cache "
+        "(default: the engine's, 0.9)",
+    )
 
 
 def bench_engine(args: argparse.Namespace):
@@ -44,34 +69,118 @@ def bench_engine(args: argparse.Namespace):
         model = str(Path(__file__).parent / "configs" / model)
         args.load_format = "dummy"
     dummy = args.load_format == "dummy"
-    return Engine(model, skip_tokenizer_init=dummy, **engine_kwargs(args))
+    kwargs = engine_kwargs(args)
+    # Passed only when given, so the engine's own defaults stay the single source.
+    if getattr(args, "enforce_eager", False):
+        kwargs["enforce_eager"] = True
+    if getattr(args, "gpu_memory_utilization", None) is not None:
+        kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    return Engine(model, skip_tokenizer_init=dummy, **kwargs)
+
+
+def describe_engine(engine) -> dict:
+    """What a report says about the engine: model, device, and the weight bytes a decode step
+    reads (the batch-1 floor's numerator)."""
+    info = engine.model_info
+    on_gpu = info.device.startswith("cuda")
+    params = decode_weight_params(engine.model_dir)
+    bytes_per_param = 2 if on_gpu else 4  # the GPU computes in bf16 or fp16, the CPU in fp32
+    return {
+        "model": str(engine.model_dir),
+        "architecture": info.architecture,
+        "device": info.device,
+        "device_name": device_name(info.device),
+        "cuda_graph_batch_sizes": list(getattr(info, "cuda_graph_batch_sizes", [])),
+        "decode_weight_bytes": None if params is None else params * bytes_per_param,
+    }
+
+
+def decode_weight_params(model_dir) -> int | None:
+    """Parameters a decode step reads in full: all but the input embedding table, of which it
+    reads one row per token (unless the output head shares it). Counted on transformers' meta
+    device, so nothing is allocated; None where transformers cannot build the architecture."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - the figure is optional; the benchmark goes on without it
+        return None
+    total = sum(p.numel() for p in model.parameters())  # a tied table is counted once
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    if output is None or output.weight is not embedding:
+        total -= embedding.numel()
+    return int(total)
+
+
+def device_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    except Exception:  # noqa: BLE001 - a name for the report only
+        return None
+
+
+def release_engine_memory(device: str) -> None:
+    """Frees the device memory of engines the caller has dropped (an Engine sits in a reference
+    cycle, so only the collector frees it) before Hugging Face loads its own copy, and says how
+    much is free then."""
+    gc.collect()
+    if not device.startswith("cuda"):
+        return
+    try:
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        return
+    print(
+        f"GPU memory free after releasing ember's engine: {free / 2**30:.1f} of "
+        f"{total / 2**30:.1f} GiB",
+        file=sys.stderr,
+    )
 
 
 def run_latency(args: argparse.Namespace) -> int:
     _check_latency_flags(args)
     engine = bench_engine(args)
     prompt_ids = _prompt_ids(engine, args)
-    results = [
-        {"batch_size": batch, "ember": time_ember(engine, prompt_ids, batch, args)}
-        for batch in args.batch_size
-    ]
+    report = {
+        "benchmark": "latency",
+        **describe_engine(engine),
+        "input_len": len(prompt_ids),
+        "output_len": args.output_len,
+        "num_iters": args.num_iters,
+        "warmup": args.warmup,
+        "results": [
+            {"batch_size": batch, "ember": time_ember(engine, prompt_ids, batch, args)}
+            for batch in args.batch_size
+        ],
+    }
+    del engine
+    release_engine_memory(report["device"])
     if args.compare_hf:
-        hf_model = load_hf_model(engine, args.load_format)
-        for result in results:
+        hf_model = load_hf_model(report["model"], report["device"], args.load_format)
+        for result in report["results"]:
             hf = time_hf(hf_model, prompt_ids, result["batch_size"], args)
             result["hf"] = hf
             result["ratio"] = result["ember"]["output_tokens_per_s"] / hf["output_tokens_per_s"]
-    _print_table(results, len(prompt_ids), args.output_len)
+    _print_table(report)
     if args.json:
-        report = {
-            "model": str(engine.model_dir),
-            "input_len": len(prompt_ids),
-            "output_len": args.output_len,
-            "results": results,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return 0
+
+
+def write_json(path: str, report: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, allow_nan=False)
+        f.write("\n")
 
 
 def _check_latency_flags(args: argparse.Namespace) -> None:
@@ -111,12 +220,28 @@ def time_ember(engine, prompt_ids: list[int], batch: int, args: argparse.Namespa
     return _summarize(runs, batch, args.output_len)
 
 
-def _run_batch_once(core, prompt_ids, batch: int, params, tag: str) -> tuple[float, float]:
-    """(elapsed, time to first token) in seconds; the first token counts once every request
-    of the batch has one."""
+def step_counters(core) -> dict | None:
+    """The core's cumulative step counters; None for a core without them."""
+    stats = core.stats()
+    if not all(hasattr(stats, name) for name in STEP_COUNTERS):
+        return None
+    return {name: getattr(stats, name) for name in STEP_COUNTERS}
+
+
+def counters_since(before: dict | None, core) -> dict | None:
+    after = step_counters(core)
+    if before is None or after is None:
+        return None
+    return {name: after[name] - before[name] for name in STEP_COUNTERS}
+
+
+def _run_batch_once(core, prompt_ids, batch: int, params, tag: str) -> dict:
+    """Elapsed time, time to first token (once every request of the batch has one) and the step
+    counters of the decode steps, those after the first token."""
     request_ids = [f"{tag}-{i}" for i in range(batch)]
     started: set[str] = set()
     ttft = None
+    decode_start = None
     start = time.perf_counter()
     for request_id in request_ids:
         core.add_request(request_id, prompt_ids, params)
@@ -126,82 +251,140 @@ def _run_batch_once(core, prompt_ids, batch: int, params, tag: str) -> tuple[flo
                 started.add(output.request_id)
         if ttft is None and len(started) == batch:
             ttft = time.perf_counter() - start
+            decode_start = step_counters(core)
     elapsed = time.perf_counter() - start
-    return elapsed, ttft if ttft is not None else elapsed
+    return {
+        "elapsed_s": elapsed,
+        "ttft_s": ttft if ttft is not None else elapsed,
+        "decode_counters": counters_since(decode_start, core),
+    }
 
 
-def _summarize(runs: list[tuple[float, float]], batch: int, output_len: int) -> dict:
-    elapsed = statistics.median(r[0] for r in runs)
-    ttft = statistics.median(r[1] for r in runs)
+def _summarize(runs: list[dict], batch: int, output_len: int) -> dict:
+    elapsed = statistics.median(r["elapsed_s"] for r in runs)
+    ttft = statistics.median(r["ttft_s"] for r in runs)
     decode_time = elapsed - ttft
     return {
         "elapsed_s": elapsed,
         "ttft_s": ttft,
         "output_tokens_per_s": batch * output_len / elapsed,
         "decode_tokens_per_s": (
-            batch * (output_len - 1) / decode_time if decode_time > 0 else float("nan")
+            batch * (output_len - 1) / decode_time if decode_time > 0 else None
         ),
+        "decode_steps": _decode_step_split(runs),
     }
 
 
-def load_hf_model(engine, load_format: str):
-    """The same checkpoint in transformers, eager attention, where ember runs: on the GPU in
+def _decode_step_split(runs: list[dict]) -> dict | None:
+    """Where a decode step's time goes, over all timed runs: host (step() minus the wait for the
+    device), device wait, and the wall time of the Python loop around step()."""
+    counters = [r["decode_counters"] for r in runs]
+    if any(c is None for c in counters):
+        return None
+    num_steps = sum(c["num_steps"] for c in counters)
+    if num_steps == 0:
+        return None
+    step_s = sum(c["step_seconds"] for c in counters)
+    wait_s = sum(c["device_wait_seconds"] for c in counters)
+    wall_s = sum(r["elapsed_s"] - r["ttft_s"] for r in runs)
+    return {
+        "num_steps": num_steps,
+        "step_ms": 1e3 * step_s / num_steps,
+        "host_ms": 1e3 * (step_s - wait_s) / num_steps,
+        "device_wait_ms": 1e3 * wait_s / num_steps,
+        "wall_ms": 1e3 * wall_s / num_steps,
+        "host_share": (step_s - wait_s) / step_s if step_s > 0 else None,
+    }
+
+
+def load_hf_model(model_dir, device: str, load_format: str):
+    """The same checkpoint in transformers, eager attention, where ember ran: on the GPU in
     bf16, on the CPU in fp32 with all cores."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    on_gpu = engine.model_info.device.startswith("cuda")
+    on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
+    target = torch.device(device if on_gpu else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     if load_format == "dummy":
-        config = AutoConfig.from_pretrained(engine.model_dir)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+        config = AutoConfig.from_pretrained(model_dir)
+        # NOTE: built on its device: random initialisation of 8B parameters on the host takes
+        # minutes, on the GPU a second.
+        with target:
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation="eager"
+            )
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            engine.model_dir, dtype=dtype, attn_implementation="eager"
+            model_dir, dtype=dtype, attn_implementation="eager"
         )
-    return model.to(engine.model_info.device if on_gpu else "cpu").eval()
+    return model.to(target).eval()
+
+
+def hf_generate(model, input_ids, output_len: int) -> int:
+    """model.generate of output_len tokens (greedy), finished on the device; returns how many
+    tokens it generated per row."""
+    import torch
+
+    pad_token_id = model.generation_config.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = 0
+    with torch.inference_mode():
+        output_ids = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            min_new_tokens=output_len,
+            max_new_tokens=output_len,
+            pad_token_id=pad_token_id,
+        )
+    if input_ids.is_cuda:
+        torch.cuda.synchronize(input_ids.device)
+    return output_ids.shape[1] - input_ids.shape[1]
 
 
 def time_hf(model, prompt_ids: list[int], batch: int, args: argparse.Namespace) -> dict:
     import torch
 
     input_ids = torch.tensor([prompt_ids] * batch, device=model.device)
-    pad_token_id = model.generation_config.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = model.generation_config.eos_token_id or 0
     times = []
     for _ in range(args.warmup + args.num_iters):
         start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=False,
-                min_new_tokens=args.output_len,
-                max_new_tokens=args.output_len,
-                pad_token_id=pad_token_id,
-            )
-        if input_ids.is_cuda:
-            torch.cuda.synchronize()
+        hf_generate(model, input_ids, args.output_len)
         times.append(time.perf_counter() - start)
     elapsed = statistics.median(times[args.warmup :])
     return {"elapsed_s": elapsed, "output_tokens_per_s": batch * args.output_len / elapsed}
 
 
-def _print_table(results: list[dict], input_len: int, output_len: int) -> None:
-    print(f"input {input_len} tokens, output {output_len} tokens (greedy, EOS ignored)")
-    header = f"{'batch':>5}  {'ember tok/s':>11}  {'TTFT ms':>8}  {'decode tok/s':>12}"
+def _print_table(report: dict) -> None:
+    print(
+        f"input {report['input_len']} tokens, output {report['output_len']} tokens (greedy, EOS "
+        f"ignored), {report['device']}; host ms = time in step() not waiting for the device"
+    )
+    results = report["results"]
+    header = (
+        f"{'batch':>5}  {'ember tok/s':>11}  {'TTFT ms':>8}  {'decode tok/s':>12}  "
+        f"{'step ms':>7}  {'host ms':>7}  {'host %':>6}"
+    )
     compare = "hf" in results[0]
     if compare:
         header += f"  {'HF tok/s':>9}  {'ember/HF':>8}"
     print(header)
     for result in results:
         e = result["ember"]
+        split = e["decode_steps"] or {}
         line = (
             f"{result['batch_size']:>5}  {e['output_tokens_per_s']:>11.1f}  "
-            f"{e['ttft_s'] * 1000:>8.1f}  {e['decode_tokens_per_s']:>12.1f}"
+            f"{e['ttft_s'] * 1000:>8.1f}  {_fmt(e['decode_tokens_per_s'], '12.1f')}  "
+            f"{_fmt(split.get('step_ms'), '7.2f')}  {_fmt(split.get('host_ms'), '7.2f')}  "
+            f"{_fmt(split.get('host_share'), '6.1%')}"
         )
         if compare:
             line += f"  {result['hf']['output_tokens_per_s']:>9.1f}  {result['ratio']:>7.2f}x"
         print(line)
+
+
+def _fmt(value, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return f"{'-':>{width}}" if value is None else format(value, ">" + spec)
