@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -170,6 +171,90 @@ TEST(Engine, OtherThreadsAddAndAbortWhileOneThreadSteps) {
   EXPECT_FALSE(engine.has_unfinished_requests());
   EXPECT_EQ(engine.stats().kv_cache_usage, 0.0);
   EXPECT_EQ(engine.stats().num_running + engine.stats().num_waiting, 0);
+}
+
+TEST(Engine, StatsSplitStepTimeIntoHostAndDeviceWait) {
+  Engine engine(tiny_config());
+  EXPECT_EQ(engine.stats().num_steps, 0);
+  engine.generate({prompt_of(20), prompt_of(5)}, {greedy(6)});
+  const EngineStats stats = engine.stats();
+  EXPECT_GE(stats.num_steps, 6);  // one prefill step, then a decode step per token
+  EXPECT_GT(stats.step_seconds, 0.0);
+  EXPECT_GE(stats.device_wait_seconds, 0.0);
+  EXPECT_LE(stats.device_wait_seconds, stats.step_seconds);
+}
+
+TEST(Engine, RejectsGpuMemoryUtilizationOutsideZeroToOne) {
+  for (double bad : {0.0, -0.5, 1.5}) {
+    EngineConfig config = tiny_config();
+    config.gpu_memory_utilization = bad;
+    try {
+      Engine engine(config);
+      ADD_FAILURE() << "no error for " << bad;
+    } catch (const std::invalid_argument& error) {
+      EXPECT_NE(std::string(error.what()).find("gpu_memory_utilization must be in (0, 1]"),
+                std::string::npos)
+          << error.what();
+    }
+  }
+}
+
+// The CUDA engine, or nullopt (the test skips) in a build or on a machine without one.
+std::optional<Engine> cuda_engine(EngineConfig config) {
+  config.device = "cuda";
+  try {
+    return std::optional<Engine>(std::in_place, config);
+  } catch (const std::invalid_argument& error) {
+    const std::string what = error.what();
+    if (what.find("no CUDA backend") != std::string::npos ||
+        what.find("CUDA device(s) visible") != std::string::npos) {
+      return std::nullopt;
+    }
+    throw;
+  }
+}
+
+std::vector<std::vector<int>> greedy_tokens(Engine& engine, int batch) {
+  std::vector<std::vector<int>> prompts;
+  for (int i = 0; i < batch; ++i) prompts.push_back(prompt_of(5 + 7 * i, 3 + i));
+  std::vector<std::vector<int>> tokens;
+  for (const RequestOutput& output : engine.generate(prompts, {greedy(12)})) {
+    tokens.push_back(output.outputs[0].token_ids);
+  }
+  return tokens;
+}
+
+TEST(EngineCuda, DecodeGraphsGiveTheTokensOfEagerSteps) {
+  EngineConfig config = tiny_config();
+  config.num_kv_blocks.reset();  // sized from the GPU's memory after a profiling forward
+  config.max_num_seqs = 16;
+  std::optional<Engine> graphs = cuda_engine(config);
+  if (!graphs) GTEST_SKIP() << "no CUDA backend or device";
+  EXPECT_EQ(graphs->model_info().cuda_graph_batch_sizes, (std::vector<int>{1, 2, 4, 8, 16}));
+  EXPECT_GT(graphs->model_info().num_kv_blocks, 64);
+  config.enforce_eager = true;
+  std::optional<Engine> eager = cuda_engine(config);
+  EXPECT_TRUE(eager->model_info().cuda_graph_batch_sizes.empty());
+  // At a captured size the graph replays the eager step's kernels on the same shapes, so the
+  // tokens are equal, not merely close (equal max_tokens and ignore_eos keep every decode step
+  // at the full batch size).
+  for (int batch : {1, 2, 4, 8}) {
+    EXPECT_EQ(greedy_tokens(*graphs, batch), greedy_tokens(*eager, batch)) << "batch " << batch;
+  }
+}
+
+TEST(EngineCuda, TooLowGpuMemoryUtilizationSaysWhatToChange) {
+  EngineConfig config = tiny_config();
+  config.num_kv_blocks.reset();
+  config.gpu_memory_utilization = 1e-4;  // ~14 MiB of an H100/H200: less than in use already
+  try {
+    std::optional<Engine> engine = cuda_engine(config);
+    if (!engine) GTEST_SKIP() << "no CUDA backend or device";
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("raise gpu_memory_utilization"), std::string::npos)
+        << error.what();
+  }
 }
 
 }  // namespace

@@ -164,6 +164,13 @@ void GpuSampler::reserve_uploads(size_t num_args_bytes, size_t num_tokens) {
 std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
                                              const std::vector<SamplingRow>& rows,
                                              cudaStream_t stream) {
+  launch(logits, rows, stream);
+  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return collect();
+}
+
+void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& rows,
+                        cudaStream_t stream) {
   constexpr const char* kName = "GpuSampler::sample";
   arg_check::rank(kName, "logits", logits, 2);
   arg_check::dtype(kName, "logits", logits, DType::kF32);
@@ -176,27 +183,27 @@ std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
                                 std::to_string(vocab_size) + " but must be positive");
   }
   check_rows(rows, vocab_size);
-  std::vector<SampleResult> out(rows.size());
-  if (num_rows == 0) return out;
+  last_rows_.assign(rows.size(), RowLogprobs{-1, 0});
+  if (num_rows == 0) return;
   reserve(num_rows, vocab_size);
   auto* results = reinterpret_cast<RowResult*>(results_);
-  auto* results_host = reinterpret_cast<RowResult*>(results_host_);
 
   if (all_plain_greedy(rows)) {
     sampling::argmax_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(logits.ptr<float>(),
                                                                               vocab_size, results);
     EMBER_CUDA_CHECK_LAUNCH();
-    EMBER_CUDA_CHECK(cudaMemcpyAsync(results_host, results, num_rows * sizeof(RowResult),
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(results_host_, results, num_rows * sizeof(RowResult),
                                      cudaMemcpyDeviceToHost, stream));
-    EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int r = 0; r < num_rows; ++r) out[r].token_id = results_host[r].token_id;
-    return out;
+    return;
   }
 
   std::vector<RowArgs> args(rows.size());
   std::vector<int> tokens;
   int num_top = 0;
-  for (int r = 0; r < num_rows; ++r) args[r] = make_row_args(rows[r], vocab_size, tokens, num_top);
+  for (int r = 0; r < num_rows; ++r) {
+    args[r] = make_row_args(rows[r], vocab_size, tokens, num_top);
+    last_rows_[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
+  }
   const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
   reserve_uploads(args_bytes, tokens.size());
   std::memcpy(upload_host_, args.data(), args.size() * sizeof(RowArgs));
@@ -205,34 +212,38 @@ std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
                                    cudaMemcpyHostToDevice, stream));
 
   // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
-  const size_t ids_offset = align8(num_rows * sizeof(RowResult));
-  const size_t logprobs_offset = ids_offset + num_top * sizeof(int);
-  const size_t result_bytes = logprobs_offset + num_top * sizeof(float);
+  top_ids_offset_ = align8(num_rows * sizeof(RowResult));
+  top_logprobs_offset_ = top_ids_offset_ + num_top * sizeof(int);
+  const size_t result_bytes = top_logprobs_offset_ + num_top * sizeof(float);
   // Fixed-point masses: vocab_size weights of at most 1 stay below 2^62.
   const int shift = 62 - std::bit_width(static_cast<unsigned>(vocab_size));
   const sampling::Workspace ws{work_, marks_, reinterpret_cast<uint64_t*>(keys_)};
   sampling::sample_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(
       logits.ptr<float>(), vocab_size, reinterpret_cast<const RowArgs*>(upload_),
       reinterpret_cast<const int*>(upload_ + args_bytes), ws, std::ldexp(1.0, shift), results,
-      reinterpret_cast<int*>(results_ + ids_offset),
-      reinterpret_cast<float*>(results_ + logprobs_offset));
+      reinterpret_cast<int*>(results_ + top_ids_offset_),
+      reinterpret_cast<float*>(results_ + top_logprobs_offset_));
   EMBER_CUDA_CHECK_LAUNCH();
   EMBER_CUDA_CHECK(
       cudaMemcpyAsync(results_host_, results_, result_bytes, cudaMemcpyDeviceToHost, stream));
-  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
 
-  const auto* top_ids = reinterpret_cast<const int*>(results_host_ + ids_offset);
-  const auto* top_logprobs = reinterpret_cast<const float*>(results_host_ + logprobs_offset);
-  for (int r = 0; r < num_rows; ++r) {
+std::vector<SampleResult> GpuSampler::collect() const {
+  std::vector<SampleResult> out(last_rows_.size());
+  const auto* results_host = reinterpret_cast<const RowResult*>(results_host_);
+  const auto* top_ids = reinterpret_cast<const int*>(results_host_ + top_ids_offset_);
+  const auto* top_logprobs = reinterpret_cast<const float*>(results_host_ + top_logprobs_offset_);
+  for (size_t r = 0; r < last_rows_.size(); ++r) {
     const RowResult& res = results_host[r];
     out[r].token_id = res.token_id;
-    if (args[r].num_logprobs < 0) continue;
+    if (last_rows_[r].num_logprobs < 0) continue;
     TokenLogprobs lp;
     lp.token_id = res.token_id;
     lp.logprob = res.logprob;
     lp.rank = res.rank;
+    const int offset = last_rows_[r].top_offset;
     for (int j = 0; j < res.num_top; ++j) {
-      lp.top.emplace_back(top_ids[args[r].top_offset + j], top_logprobs[args[r].top_offset + j]);
+      lp.top.emplace_back(top_ids[offset + j], top_logprobs[offset + j]);
     }
     out[r].logprobs = std::move(lp);
   }

@@ -28,6 +28,11 @@ class GpuSampler {
   // batch around them. Synchronises `stream` before returning the results.
   std::vector<SampleResult> sample(const Tensor& logits, const std::vector<SamplingRow>& rows,
                                    cudaStream_t stream);
+  // sample() in two halves, so the caller can wait for the stream its own way: launch enqueues
+  // the kernels and the copy of the results to pinned host memory; collect reads them once the
+  // stream has been synchronized.
+  void launch(const Tensor& logits, const std::vector<SamplingRow>& rows, cudaStream_t stream);
+  std::vector<SampleResult> collect() const;
 
  private:
   void reserve(int num_rows, int vocab_size);
@@ -44,6 +49,13 @@ class GpuSampler {
   size_t capacity_upload_bytes_ = 0;
   char* upload_ = nullptr;
   char* upload_host_ = nullptr;
+  // What collect() needs of the last launch.
+  struct RowLogprobs {
+    int num_logprobs;  // -1: none asked
+    int top_offset;
+  };
+  std::vector<RowLogprobs> last_rows_;
+  size_t top_ids_offset_ = 0, top_logprobs_offset_ = 0;
   size_t capacity_result_bytes_ = 0;
   char* results_ = nullptr;
   char* results_host_ = nullptr;

@@ -65,6 +65,8 @@ void bind_params(py::module_& m) {
       .def_readwrite("num_kv_blocks", &EngineConfig::num_kv_blocks)
       .def_readwrite("kv_cache_memory_bytes", &EngineConfig::kv_cache_memory_bytes)
       .def_readwrite("num_threads", &EngineConfig::num_threads)
+      .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
+      .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
       .def("validate", &EngineConfig::validate);
 }
 
@@ -93,14 +95,18 @@ void bind_outputs(py::module_& m) {
       .def_readonly("eos_token_ids", &ModelInfo::eos_token_ids)
       .def_readonly("device", &ModelInfo::device)
       .def_readonly("num_kv_blocks", &ModelInfo::num_kv_blocks)
-      .def_readonly("block_size", &ModelInfo::block_size);
+      .def_readonly("block_size", &ModelInfo::block_size)
+      .def_readonly("cuda_graph_batch_sizes", &ModelInfo::cuda_graph_batch_sizes);
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
       .def_readonly("num_waiting", &EngineStats::num_waiting)
       .def_readonly("kv_cache_usage", &EngineStats::kv_cache_usage)
       .def_readonly("num_preemptions", &EngineStats::num_preemptions)
       .def_readonly("num_prefix_cache_queries", &EngineStats::num_prefix_cache_queries)
-      .def_readonly("num_prefix_cache_hits", &EngineStats::num_prefix_cache_hits);
+      .def_readonly("num_prefix_cache_hits", &EngineStats::num_prefix_cache_hits)
+      .def_readonly("num_steps", &EngineStats::num_steps)
+      .def_readonly("step_seconds", &EngineStats::step_seconds)
+      .def_readonly("device_wait_seconds", &EngineStats::device_wait_seconds);
 }
 
 void bind_engine(py::module_& m) {

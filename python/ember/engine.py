@@ -45,6 +45,8 @@ class Engine:
         kv_cache_memory_bytes: int | None = None,
         scheduling_policy: str = "fcfs",
         num_threads: int = 0,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
     ):
         self._model_dir = resolve_model(model)
         self._tokenizer = None
@@ -65,6 +67,8 @@ class Engine:
             num_kv_blocks=num_kv_blocks,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             num_threads=num_threads,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
         )
         self._core = _core.Engine(config)
         self._request_ids = itertools.count()

@@ -27,6 +27,7 @@ struct ModelInfo {
   std::string device;  // "cpu" or "cuda:N"
   int64_t num_kv_blocks = 0;
   int block_size = 0;
+  std::vector<int> cuda_graph_batch_sizes;  // decode batch sizes with a captured graph
 };
 
 struct EngineStats {
@@ -36,6 +37,11 @@ struct EngineStats {
   int64_t num_preemptions = 0;
   int64_t num_prefix_cache_queries = 0;  // prompt tokens looked up
   int64_t num_prefix_cache_hits = 0;     // of which found cached
+  // Where step() spends its time: the host's share is step_seconds - device_wait_seconds
+  // (scheduling, step inputs, launches, outputs); the rest is blocked waiting for the device.
+  int64_t num_steps = 0;             // model steps completed
+  double step_seconds = 0.0;         // wall time inside step() calls that ran the model
+  double device_wait_seconds = 0.0;  // of which blocked on the device
 };
 
 class Engine {

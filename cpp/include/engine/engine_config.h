@@ -12,7 +12,7 @@ struct EngineConfig {
   std::string model;                  // a directory with config.json and *.safetensors
   std::string dtype = "auto";         // weights: auto (as stored), float32, bfloat16, float16
   std::string load_format = "auto";   // auto: safetensors; dummy: random weights from config.json
-  std::string device = "auto";        // auto, cpu (cuda arrives with the CUDA backend)
+  std::string device = "auto";        // auto (the GPU when there is one), cpu, cuda, cuda:N
   std::optional<int> max_model_len;   // default: the model's max_position_embeddings
   int block_size = 16;                // tokens per KV-cache block
   int max_num_seqs = 256;             // running requests per step
@@ -24,6 +24,11 @@ struct EngineConfig {
   // CPU, as vLLM's CPU backend), capped at what max_num_seqs full-length requests can use.
   std::optional<int64_t> num_kv_blocks;
   std::optional<int64_t> kv_cache_memory_bytes;
+  // On a GPU, without num_kv_blocks or kv_cache_memory_bytes: the KV cache takes what is left
+  // of this fraction of the device's memory after the weights and a profiling forward.
+  double gpu_memory_utilization = 0.9;
+  // On a GPU, decode steps replay CUDA graphs captured at start; true runs every step eagerly.
+  bool enforce_eager = false;
   int num_threads = 0;  // CPU threads for the kernels; 0: OpenMP's default
 
   // Throws std::invalid_argument naming the field, its value and what is allowed.

@@ -89,6 +89,9 @@ void EngineConfig::validate() const {
     fail("kv_cache_memory_bytes", *kv_cache_memory_bytes, "positive");
   }
   if (num_threads < 0) fail("num_threads", num_threads, "0 (default) or a positive count");
+  if (!(gpu_memory_utilization > 0.0 && gpu_memory_utilization <= 1.0)) {
+    fail("gpu_memory_utilization", gpu_memory_utilization, "in (0, 1]");
+  }
 }
 
 }  // namespace engine

@@ -1,6 +1,7 @@
 #include "engine/engine_impl.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -19,7 +20,15 @@ namespace {
 // NOTE: vLLM's CPU backend reserves 4 GiB for the KV cache by default; ember does the same and
 // caps it at what max_num_seqs requests of max_model_len tokens could ever use.
 constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{4} << 30;
-constexpr double kGpuKvCacheFraction = 0.8;
+// Left free on a GPU beside gpu_memory_utilization's share for what start-up allocates after
+// the KV cache: the decode graphs (a few MiB each) and their executables.
+constexpr int64_t kGraphReserveBytes = int64_t{256} << 20;
+
+std::string gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f GiB", bytes / double(int64_t{1} << 30));
+  return text;
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -34,8 +43,30 @@ int resolve_max_model_len(const EngineConfig& config, const ModelConfig& model) 
   return max_model_len;
 }
 
+// The KV-cache budget on a GPU: what gpu_memory_utilization of the device leaves after what is
+// in use now (weights, activation buffers after the profiling forward, other processes).
+int64_t gpu_kv_cache_budget(const EngineConfig& config, const DeviceMemory& memory,
+                            int64_t min_bytes) {
+  const double total = static_cast<double>(memory.total_bytes);
+  const double in_use = total - static_cast<double>(memory.free_bytes);
+  const double reserve = config.enforce_eager ? 0.0 : static_cast<double>(kGraphReserveBytes);
+  const double budget = total * config.gpu_memory_utilization - in_use - reserve;
+  if (budget < static_cast<double>(min_bytes)) {
+    throw std::invalid_argument(
+        "gpu_memory_utilization " + std::to_string(config.gpu_memory_utilization) + " allows " +
+        gib(total * config.gpu_memory_utilization) + " of the device's " + gib(total) + ", but " +
+        gib(in_use) + " is already in use (weights, activations for max_num_batched_tokens " +
+        std::to_string(config.max_num_batched_tokens) + ", other processes), which leaves " +
+        gib(std::max(budget, 0.0)) + " for the KV cache where one request of max_model_len needs " +
+        gib(static_cast<double>(min_bytes)) +
+        "; raise gpu_memory_utilization, or lower max_model_len, max_num_batched_tokens or "
+        "max_num_seqs");
+  }
+  return static_cast<int64_t>(budget);
+}
+
 int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
-                              int64_t bytes_per_block, std::optional<size_t> free_device_memory) {
+                              int64_t bytes_per_block, std::optional<DeviceMemory> memory) {
   // One full-length request must fit, or the scheduler could never run it; +1: null block.
   const int64_t blocks_per_seq = ceil_div(max_model_len, config.block_size);
   const int64_t min_blocks = blocks_per_seq + 1;
@@ -49,12 +80,11 @@ int64_t resolve_num_kv_blocks(const EngineConfig& config, int max_model_len,
     }
     return *config.num_kv_blocks;
   }
-  // NOTE: on a GPU the default takes kGpuKvCacheFraction of the memory left after the weights,
-  // leaving the rest to activations and workspaces (a profiling pass will size it exactly).
-  const int64_t default_budget =
-      free_device_memory ? static_cast<int64_t>(*free_device_memory * kGpuKvCacheFraction)
-                         : kDefaultCpuKvCacheBytes;
-  const int64_t budget = config.kv_cache_memory_bytes.value_or(default_budget);
+  const int64_t budget =
+      config.kv_cache_memory_bytes
+          ? *config.kv_cache_memory_bytes
+          : (memory ? gpu_kv_cache_budget(config, *memory, min_blocks * bytes_per_block)
+                    : kDefaultCpuKvCacheBytes);
   const int64_t num_blocks =
       std::min(budget / bytes_per_block, blocks_per_seq * config.max_num_seqs + 1);
   if (num_blocks < min_blocks) {
@@ -133,10 +163,18 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
                    config_.seed};
   model_ = load_model(model_config, load, *backend_);
 
+  RunnerConfig runner_config{config_.block_size,         config_.max_num_batched_tokens,
+                             config_.max_num_seqs,       max_model_len,
+                             model_config.eos_token_ids, !config_.enforce_eager};
+  runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
+  // NOTE: on a GPU a forward at the full token budget runs before the KV cache is sized, so the
+  // cache gets only what that step leaves (vLLM's profiling run); the CPU's is sized by config.
+  if (backend_->memory_info()) runner_->profile_run();
   const int64_t bytes_per_block =
       kv_cache_bytes_per_block(model_config, config_.block_size, backend_->compute_dtype());
   const int64_t num_blocks =
-      resolve_num_kv_blocks(config_, max_model_len, bytes_per_block, backend_->free_memory());
+      resolve_num_kv_blocks(config_, max_model_len, bytes_per_block, backend_->memory_info());
+  runner_->allocate_kv_cache(num_blocks);
   // Block hashing is always on: with prefix caching off, each request gets its own cache salt,
   // so only the n samples of one request share (their prompt's) blocks.
   kv_cache_ = std::make_unique<KVCacheManager>(static_cast<int>(num_blocks), config_.block_size,
@@ -144,13 +182,16 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
   SchedulerConfig scheduler_config{config_.max_num_seqs, config_.max_num_batched_tokens,
                                    max_model_len, config_.policy, model_config.eos_token_ids};
   scheduler_ = std::make_unique<Scheduler>(scheduler_config, *kv_cache_);
-  RunnerConfig runner_config{config_.block_size,   num_blocks,    config_.max_num_batched_tokens,
-                             config_.max_num_seqs, max_model_len, model_config.eos_token_ids};
-  runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
+  runner_->capture_decode_graphs();
 
-  info_ = ModelInfo{model_config.architecture,  model_config.vocab_size, max_model_len,
-                    model_config.eos_token_ids, backend_->name(),        num_blocks,
-                    config_.block_size};
+  info_ = ModelInfo{model_config.architecture,
+                    model_config.vocab_size,
+                    max_model_len,
+                    model_config.eos_token_ids,
+                    backend_->name(),
+                    num_blocks,
+                    config_.block_size,
+                    runner_->decode_graph_batch_sizes()};
 }
 
 void Engine::Impl::validate_request(const std::vector<int>& prompt,

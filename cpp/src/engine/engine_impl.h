@@ -56,6 +56,7 @@ class Engine::Impl {
                                                      const std::vector<int>& prompt_token_ids,
                                                      const SamplingParams& params);
   void drain_inbox(StepOutputs& outputs);
+  void complete_in_flight_step(StepOutputs& outputs);
   void apply_abort(const Abort& abort, StepOutputs& outputs);
   void record_cached_tokens(const SchedulerOutput& scheduled);
   void release_held_samples();
@@ -83,6 +84,11 @@ class Engine::Impl {
   mutable std::mutex step_mutex_;
   std::unordered_map<std::string, std::unique_ptr<RequestGroup>> groups_;
   std::unordered_map<SeqId, std::pair<RequestGroup*, int>> seq_owner_;  // group, sample index
+  std::optional<SchedulerOutput> in_flight_;  // launched, not yet completed
+  struct StepTiming {
+    int64_t num_steps = 0;
+    double step_seconds = 0.0, device_wait_seconds = 0.0;
+  } timing_;
 };
 
 }  // namespace engine

@@ -2,6 +2,7 @@
 // turn sequence updates into per-request outputs.
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -116,17 +117,40 @@ void Engine::Impl::release_held_samples() {
   }
 }
 
-std::vector<RequestOutput> Engine::Impl::step() {
-  std::lock_guard<std::mutex> step_lock(step_mutex_);
-  StepOutputs outputs;
-  drain_inbox(outputs);
-  const SchedulerOutput scheduled = scheduler_->schedule();
-  record_cached_tokens(scheduled);
-  const ModelRunnerOutput sampled = runner_->execute(scheduled);
+void Engine::Impl::complete_in_flight_step(StepOutputs& outputs) {
+  const SchedulerOutput scheduled = std::move(*in_flight_);
+  in_flight_.reset();
+  const ModelRunnerOutput sampled = runner_->finish();
   for (const SequenceUpdate& update : scheduler_->update_from_output(scheduled, sampled)) {
     record_update(update, outputs);
   }
   release_held_samples();
+}
+
+std::vector<RequestOutput> Engine::Impl::step() {
+  std::lock_guard<std::mutex> step_lock(step_mutex_);
+  const auto start = std::chrono::steady_clock::now();
+  const double wait_before = backend_->device_wait_seconds();
+  StepOutputs outputs;
+  // NOTE: steps are pipelined one deep: this call completes the step launched by the previous
+  // call, schedules and launches the next, and returns the completed step's outputs, so the
+  // caller's handling of them (detokenizing, streaming) overlaps the device's next forward.
+  // An abort issued in between lands after that forward: at most one token is computed and
+  // dropped (the scheduler skips sequences that are no longer running).
+  const bool completed = in_flight_.has_value();
+  if (completed) complete_in_flight_step(outputs);
+  drain_inbox(outputs);
+  SchedulerOutput scheduled = scheduler_->schedule();
+  record_cached_tokens(scheduled);
+  runner_->launch(scheduled);
+  const bool launched = !scheduled.scheduled.empty();
+  if (launched) in_flight_ = std::move(scheduled);
+  if (completed || launched) {
+    timing_.num_steps += completed ? 1 : 0;
+    timing_.step_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    timing_.device_wait_seconds += backend_->device_wait_seconds() - wait_before;
+  }
 
   for (RequestOutput& output : outputs.list) {
     auto it = groups_.find(output.request_id);
@@ -200,7 +224,10 @@ EngineStats Engine::Impl::stats() const {
                      kv_cache_->block_pool().usage(),
                      s.num_preemptions,
                      s.num_prefix_cache_queries,
-                     s.num_prefix_cache_hits};
+                     s.num_prefix_cache_hits,
+                     timing_.num_steps,
+                     timing_.step_seconds,
+                     timing_.device_wait_seconds};
 }
 
 // The public class forwards to Impl, keeping libengine's ABI free of internal types.

@@ -9,18 +9,20 @@ class HostLogitsSampler final : public LogitsSampler {
   HostLogitsSampler(Backend& backend, int max_rows, int vocab_size)
       : backend_(backend), host_logits_(static_cast<size_t>(max_rows) * vocab_size) {}
 
-  std::vector<SampleResult> sample(const Tensor& logits,
-                                   const std::vector<SamplingRow>& rows) override {
+  void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) override {
     const auto num_values = static_cast<size_t>(logits.numel());
     if (host_logits_.size() < num_values) host_logits_.resize(num_values);
     backend_.copy_to_host(host_logits_.data(), logits);
-    return sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), rows);
+    results_ = sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), rows);
   }
+
+  std::vector<SampleResult> collect() override { return std::move(results_); }
 
  private:
   Backend& backend_;
   std::vector<float> host_logits_;
   Sampler sampler_;
+  std::vector<SampleResult> results_;
 };
 
 }  // namespace

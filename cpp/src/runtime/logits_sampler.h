@@ -14,9 +14,11 @@ namespace engine {
 class LogitsSampler {
  public:
   virtual ~LogitsSampler() = default;
-  // logits: [rows.size(), vocab] f32 on the backend's device.
-  virtual std::vector<SampleResult> sample(const Tensor& logits,
-                                           const std::vector<SamplingRow>& rows) = 0;
+  // Enqueues the sampling of logits ([rows.size(), vocab] f32 on the backend's device) after
+  // the work already on the device; the rows are read before this returns.
+  virtual void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) = 0;
+  // Waits for the last launch and returns its results, one per row.
+  virtual std::vector<SampleResult> collect() = 0;
 };
 
 // The sampler for this backend: the device sampler where the backend has one, else copy to

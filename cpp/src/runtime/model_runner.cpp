@@ -7,22 +7,25 @@
 namespace engine {
 namespace {
 
-// Slots of the runner's preallocated i32 input buffers.
-enum InputSlot {
-  kInputIds,
-  kPositions,
-  kSlotMapping,
-  kQueryStartLoc,
-  kSeqLens,
-  kBlockTable,
-  kLogitsIndices,
-  kNumInputSlots
-};
-
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 bool contains(const std::vector<int>& ids, int id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+// Rows the null block serves: a dummy token at position 0, cached in slot 0 of block 0 (never
+// handed to a request), attending to itself alone. query_start_loc[first_seq] must be set.
+void write_padding_rows(HostStepArrays host, int first_seq, int num_seqs, int width) {
+  for (int i = first_seq; i < num_seqs; ++i) {
+    const int t = host.query_start_loc[i];
+    host.input_ids[t] = 0;
+    host.positions[t] = 0;
+    host.slot_mapping[t] = 0;
+    host.logits_indices[i] = t;
+    host.query_start_loc[i + 1] = t + 1;
+    host.seq_lens[i] = 1;
+    std::fill_n(host.block_table + int64_t{i} * width, width, 0);
+  }
 }
 
 }  // namespace
@@ -32,36 +35,134 @@ int64_t kv_cache_bytes_per_block(const ModelConfig& config, int block_size, DTyp
          config.head_dim * static_cast<int64_t>(dtype_size(dtype));
 }
 
+// Every per-step input is bounded by the token budget, max_num_seqs and max_model_len, so the
+// buffers are allocated once here and never per step.
 ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& config)
-    : backend_(backend), model_(model), config_(config) {
+    : backend_(backend),
+      model_(model),
+      config_(config),
+      inputs_(backend, config.max_num_batched_tokens, config.max_num_seqs,
+              ceil_div(config.max_model_len, config.block_size) + 1) {
   const ModelConfig& mc = model.config();
-  const DType dtype = backend.compute_dtype();
-  const std::vector<int64_t> layer_shape{config.num_kv_blocks, config.block_size,
-                                         mc.num_key_value_heads, mc.head_dim};
-  const size_t layer_bytes = Tensor(nullptr, dtype, layer_shape).nbytes();
-  for (int layer = 0; layer < mc.num_hidden_layers; ++layer) {
-    void* k = kv_buffers_.emplace_back(backend.allocate(layer_bytes)).data();
-    void* v = kv_buffers_.emplace_back(backend.allocate(layer_bytes)).data();
-    kv_cache_.push_back({Tensor(k, dtype, layer_shape, backend.device_type()),
-                         Tensor(v, dtype, layer_shape, backend.device_type())});
-  }
-  // Every per-step input is bounded by the token budget, max_num_seqs and max_model_len, so
-  // the buffers are allocated once here and never per step.
-  const int max_blocks_per_seq = ceil_div(config.max_model_len, config.block_size) + 1;
-  const int64_t slot_sizes[kNumInputSlots] = {config.max_num_batched_tokens,
-                                              config.max_num_batched_tokens,
-                                              config.max_num_batched_tokens,
-                                              config.max_num_seqs + 1,
-                                              config.max_num_seqs,
-                                              int64_t{config.max_num_seqs} * max_blocks_per_seq,
-                                              config.max_num_seqs};
-  for (int64_t size : slot_sizes) {
-    input_buffers_.push_back(backend.allocate(static_cast<size_t>(size) * sizeof(int32_t)));
-  }
   logits_buffer_ = backend.allocate(static_cast<size_t>(config.max_num_seqs) * mc.vocab_size *
                                     dtype_size(DType::kF32));
   sampler_ = make_logits_sampler(backend, config.max_num_seqs, mc.vocab_size);
   model.allocate_workspace(config.max_num_batched_tokens, config.max_num_seqs);
+}
+
+int ModelRunner::max_block_table_width() const {
+  return ceil_div(config_.max_model_len, config_.block_size) + 1;
+}
+
+void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
+  const ModelConfig& mc = model_.config();
+  const DType dtype = backend_.compute_dtype();
+  const std::vector<int64_t> layer_shape{num_blocks, config_.block_size, mc.num_key_value_heads,
+                                         mc.head_dim};
+  const size_t layer_bytes = Tensor(nullptr, dtype, layer_shape).nbytes();
+  kv_buffers_.clear();
+  kv_cache_.clear();
+  for (int layer = 0; layer < mc.num_hidden_layers; ++layer) {
+    void* k = kv_buffers_.emplace_back(backend_.allocate(layer_bytes)).data();
+    void* v = kv_buffers_.emplace_back(backend_.allocate(layer_bytes)).data();
+    kv_cache_.push_back({Tensor(k, dtype, layer_shape, backend_.device_type()),
+                         Tensor(v, dtype, layer_shape, backend_.device_type())});
+  }
+}
+
+void ModelRunner::run_forward(const StepPlan& plan, const DeviceStepArrays& device,
+                              const std::vector<KVCacheLayer>& cache) {
+  AttentionMetadata meta;
+  meta.num_seqs = plan.shape.num_seqs;
+  meta.max_query_len = plan.max_query_len;
+  meta.max_seq_len = plan.max_seq_len;
+  meta.max_blocks_per_seq = plan.shape.block_table_width;
+  meta.query_start_loc = device.query_start_loc;
+  meta.seq_lens = device.seq_lens;
+  meta.block_table = device.block_table;
+  meta.slot_mapping = device.slot_mapping;
+  meta.positions = device.positions;
+  ForwardInputs inputs{device.input_ids, &meta, device.logits_indices};
+  Tensor logits(logits_buffer_.data(), DType::kF32,
+                {plan.shape.num_logits, model_.config().vocab_size}, backend_.device_type());
+  model_.forward(inputs, cache, logits);
+}
+
+void ModelRunner::profile_run() {
+  // Sequences of up to max_model_len tokens (positions stay inside the rope table) filling the
+  // token budget; all of them cache into block 0 of a one-block scratch cache.
+  const int len = std::min(config_.max_model_len, config_.max_num_batched_tokens);
+  const int num_seqs =
+      std::min(config_.max_num_seqs, ceil_div(config_.max_num_batched_tokens, len));
+  const int num_tokens = std::min(config_.max_num_batched_tokens, num_seqs * len);
+  StepPlan plan;
+  plan.shape = {num_tokens, num_seqs, std::min(num_tokens, config_.max_num_seqs),
+                ceil_div(len, config_.block_size)};
+  plan.max_query_len = len;
+  plan.max_seq_len = len;
+  HostStepArrays host = inputs_.begin(plan.shape);
+  host.query_start_loc[0] = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    const int begin = i * len, end = std::min(num_tokens, begin + len);
+    for (int t = begin; t < end; ++t) {
+      host.input_ids[t] = 0;
+      host.positions[t] = t - begin;
+      host.slot_mapping[t] = (t - begin) % config_.block_size;
+    }
+    host.query_start_loc[i + 1] = end;
+    host.seq_lens[i] = end - begin;
+  }
+  std::fill_n(host.block_table, int64_t{num_seqs} * plan.shape.block_table_width, 0);
+  for (int s = 0; s < plan.shape.num_logits; ++s) host.logits_indices[s] = s;
+
+  const ModelConfig& mc = model_.config();
+  const DType dtype = backend_.compute_dtype();
+  const std::vector<int64_t> shape{1, config_.block_size, mc.num_key_value_heads, mc.head_dim};
+  Buffer k = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());
+  Buffer v = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());
+  const std::vector<KVCacheLayer> scratch_cache(
+      mc.num_hidden_layers, KVCacheLayer{Tensor(k.data(), dtype, shape, backend_.device_type()),
+                                         Tensor(v.data(), dtype, shape, backend_.device_type())});
+  run_forward(plan, inputs_.upload(), scratch_cache);
+  backend_.synchronize();
+}
+
+ModelRunner::StepPlan ModelRunner::padded_decode_plan(int batch_size) const {
+  StepPlan plan;
+  plan.shape = {batch_size, batch_size, batch_size, max_block_table_width()};
+  plan.max_query_len = 1;
+  // NOTE: a graph keeps the launch shapes it was captured with, so attention plans for the
+  // longest context; kernels read each sequence's real length from seq_lens.
+  plan.max_seq_len = config_.max_model_len;
+  plan.graph_batch_size = batch_size;
+  return plan;
+}
+
+void ModelRunner::capture_decode_graphs() {
+  if (!config_.use_cuda_graphs || !backend_.supports_graphs() || kv_cache_.empty()) return;
+  const std::vector<int> sizes = engine::decode_graph_batch_sizes(
+      std::min(config_.max_num_seqs, config_.max_num_batched_tokens));
+  // Every size runs eagerly first, largest first, so workspaces that grow on first use (the
+  // attention split scratch, GEMM algorithm caches) have their final addresses before any graph
+  // records them.
+  for (auto it = sizes.rbegin(); it != sizes.rend(); ++it) {
+    const StepPlan plan = padded_decode_plan(*it);
+    HostStepArrays host = inputs_.begin(plan.shape);
+    host.query_start_loc[0] = 0;
+    write_padding_rows(host, 0, *it, plan.shape.block_table_width);
+    run_forward(plan, inputs_.upload(), kv_cache_);
+    backend_.synchronize();  // the next size rewrites the staged inputs
+  }
+  for (int size : sizes) {
+    const StepPlan plan = padded_decode_plan(size);
+    HostStepArrays host = inputs_.begin(plan.shape);
+    host.query_start_loc[0] = 0;
+    write_padding_rows(host, 0, size, plan.shape.block_table_width);
+    const DeviceStepArrays device = inputs_.upload();
+    backend_.synchronize();
+    graphs_.add(size, backend_.capture([&] { run_forward(plan, device, kv_cache_); }),
+                device.input_ids.data);
+  }
 }
 
 void ModelRunner::apply_state_updates(const SchedulerOutput& scheduled) {
@@ -81,62 +182,60 @@ void ModelRunner::apply_state_updates(const SchedulerOutput& scheduled) {
   }
 }
 
-ModelRunner::StepInputs ModelRunner::prepare_inputs(const SchedulerOutput& scheduled) const {
-  StepInputs in;
-  in.query_start_loc.push_back(0);
+ModelRunner::StepPlan ModelRunner::plan_step(const SchedulerOutput& scheduled) const {
+  StepPlan plan;
+  const int num_seqs = static_cast<int>(scheduled.scheduled.size());
+  bool pure_decode = true;
   for (const ScheduledSequence& seq : scheduled.scheduled) {
     const SequenceState& state = sequences_.at(seq.seq_id);
-    in.max_blocks_per_seq =
-        std::max(in.max_blocks_per_seq, static_cast<int>(state.block_ids.size()));
+    plan.shape.num_tokens += seq.num_scheduled_tokens;
+    plan.shape.num_logits += seq.sample ? 1 : 0;
+    plan.shape.block_table_width =
+        std::max(plan.shape.block_table_width, static_cast<int>(state.block_ids.size()));
+    plan.max_query_len = std::max(plan.max_query_len, seq.num_scheduled_tokens);
+    plan.max_seq_len =
+        std::max(plan.max_seq_len, seq.num_computed_tokens + seq.num_scheduled_tokens);
+    pure_decode = pure_decode && seq.num_scheduled_tokens == 1 && seq.sample;
   }
-  for (const ScheduledSequence& seq : scheduled.scheduled) {
-    const SequenceState& state = sequences_.at(seq.seq_id);
-    for (int i = 0; i < seq.num_scheduled_tokens; ++i) {
-      const int position = seq.num_computed_tokens + i;
-      in.input_ids.push_back(state.token_ids.at(position));
-      in.positions.push_back(position);
-      const int block = state.block_ids.at(position / config_.block_size);
-      in.slot_mapping.push_back(block * config_.block_size + position % config_.block_size);
+  plan.shape.num_seqs = num_seqs;
+  plan.num_real_seqs = num_seqs;
+  if (pure_decode) {
+    if (std::optional<int> bucket = graphs_.bucket_for(num_seqs)) {
+      plan = padded_decode_plan(*bucket);
+      plan.num_real_seqs = num_seqs;
     }
-    const int seq_len = seq.num_computed_tokens + seq.num_scheduled_tokens;
-    in.query_start_loc.push_back(in.query_start_loc.back() + seq.num_scheduled_tokens);
-    in.seq_lens.push_back(seq_len);
-    in.max_query_len = std::max(in.max_query_len, seq.num_scheduled_tokens);
-    in.max_seq_len = std::max(in.max_seq_len, seq_len);
-    in.block_table.insert(in.block_table.end(), state.block_ids.begin(), state.block_ids.end());
-    in.block_table.resize(in.seq_lens.size() * in.max_blocks_per_seq, 0);  // null-block padding
+  }
+  return plan;
+}
+
+void ModelRunner::write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan,
+                               HostStepArrays host) {
+  const int width = plan.shape.block_table_width;
+  const int block_size = config_.block_size;
+  int t = 0, s = 0;
+  host.query_start_loc[0] = 0;
+  sampled_seq_ids_.clear();
+  for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
+    const ScheduledSequence& seq = scheduled.scheduled[i];
+    const SequenceState& state = sequences_.at(seq.seq_id);
+    for (int k = 0; k < seq.num_scheduled_tokens; ++k, ++t) {
+      const int position = seq.num_computed_tokens + k;
+      host.input_ids[t] = state.token_ids.at(position);
+      host.positions[t] = position;
+      host.slot_mapping[t] =
+          state.block_ids.at(position / block_size) * block_size + position % block_size;
+    }
+    host.query_start_loc[i + 1] = t;
+    host.seq_lens[i] = seq.num_computed_tokens + seq.num_scheduled_tokens;
+    int32_t* row = host.block_table + int64_t(i) * width;
+    std::copy(state.block_ids.begin(), state.block_ids.end(), row);
+    std::fill(row + state.block_ids.size(), row + width, 0);  // null-block padding
     if (seq.sample) {
-      in.logits_indices.push_back(in.query_start_loc.back() - 1);
-      in.sampled_seq_ids.push_back(seq.seq_id);
+      host.logits_indices[s++] = t - 1;
+      sampled_seq_ids_.push_back(seq.seq_id);
     }
   }
-  return in;
-}
-
-Tensor ModelRunner::upload_i32(const std::vector<int32_t>& host, int slot) {
-  Buffer& buffer = input_buffers_.at(slot);
-  if (host.size() * sizeof(int32_t) > buffer.nbytes()) {
-    throw std::logic_error("step input " + std::to_string(slot) + " exceeds its buffer");
-  }
-  Tensor tensor(buffer.data(), DType::kI32, {static_cast<int64_t>(host.size())},
-                backend_.device_type());
-  if (!host.empty()) backend_.copy_from_host(tensor, host.data());
-  return tensor;
-}
-
-AttentionMetadata ModelRunner::upload_metadata(const StepInputs& in) {
-  AttentionMetadata meta;
-  meta.num_seqs = static_cast<int>(in.seq_lens.size());
-  meta.max_query_len = in.max_query_len;
-  meta.max_seq_len = in.max_seq_len;
-  meta.max_blocks_per_seq = in.max_blocks_per_seq;
-  meta.query_start_loc = upload_i32(in.query_start_loc, kQueryStartLoc);
-  meta.seq_lens = upload_i32(in.seq_lens, kSeqLens);
-  meta.block_table =
-      upload_i32(in.block_table, kBlockTable).view({meta.num_seqs, in.max_blocks_per_seq});
-  meta.slot_mapping = upload_i32(in.slot_mapping, kSlotMapping);
-  meta.positions = upload_i32(in.positions, kPositions);
-  return meta;
+  write_padding_rows(host, plan.num_real_seqs, plan.shape.num_seqs, width);
 }
 
 std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& seq_ids) const {
@@ -164,32 +263,50 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
   return rows;
 }
 
-ModelRunnerOutput ModelRunner::execute(const SchedulerOutput& scheduled) {
+void ModelRunner::launch(const SchedulerOutput& scheduled) {
+  if (in_flight_) throw std::logic_error("ModelRunner::launch: finish() the previous step first");
   apply_state_updates(scheduled);
+  if (scheduled.scheduled.empty()) return;
+
+  const StepPlan plan = plan_step(scheduled);
+  write_inputs(scheduled, plan, inputs_.begin(plan.shape));
+  const DeviceStepArrays device = inputs_.upload();
+  if (plan.graph_batch_size) {
+    graphs_.replay(*plan.graph_batch_size, device.input_ids.data);
+  } else {
+    run_forward(plan, device, kv_cache_);
+  }
+  in_flight_ = true;
+  const int64_t num_rows = static_cast<int64_t>(sampled_seq_ids_.size());
+  if (num_rows == 0) return;
+  // Built while the device runs the forward.
+  const std::vector<SamplingRow> rows = sampling_rows(sampled_seq_ids_);
+  Tensor logits(logits_buffer_.data(), DType::kF32, {num_rows, model_.config().vocab_size},
+                backend_.device_type());
+  sampler_->launch(logits, rows);
+}
+
+ModelRunnerOutput ModelRunner::finish() {
   ModelRunnerOutput output;
-  if (scheduled.scheduled.empty()) return output;
-
-  const StepInputs in = prepare_inputs(scheduled);
-  const AttentionMetadata meta = upload_metadata(in);
-  ForwardInputs inputs;
-  inputs.input_ids = upload_i32(in.input_ids, kInputIds);
-  inputs.attention = &meta;
-  inputs.logits_indices = upload_i32(in.logits_indices, kLogitsIndices);
-
-  const int vocab_size = model_.config().vocab_size;
-  const int64_t num_rows = static_cast<int64_t>(in.logits_indices.size());
-  Tensor logits(logits_buffer_.data(), DType::kF32, {num_rows, vocab_size}, backend_.device_type());
-  model_.forward(inputs, kv_cache_, logits);
-  if (num_rows == 0) return output;
-
-  const std::vector<SampleResult> results =
-      sampler_->sample(logits, sampling_rows(in.sampled_seq_ids));
+  if (!in_flight_) return output;
+  in_flight_ = false;
+  if (sampled_seq_ids_.empty()) {
+    backend_.synchronize();  // the staged inputs are rewritten by the next step
+    return output;
+  }
+  const std::vector<SampleResult> results = sampler_->collect();
+  output.sampled.reserve(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
-    const SeqId seq_id = in.sampled_seq_ids[i];
+    const SeqId seq_id = sampled_seq_ids_[i];
     sequences_.at(seq_id).token_ids.push_back(results[i].token_id);
     output.sampled.push_back({seq_id, results[i].token_id, results[i].logprobs});
   }
   return output;
+}
+
+ModelRunnerOutput ModelRunner::execute(const SchedulerOutput& scheduled) {
+  launch(scheduled);
+  return finish();
 }
 
 }  // namespace engine

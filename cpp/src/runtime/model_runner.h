@@ -1,28 +1,35 @@
 #pragma once
 // ModelRunner turns a SchedulerOutput into one forward pass and one sampling pass. It keeps
 // each sequence's token ids and block table across steps (updated by the scheduler's deltas),
-// owns the paged KV cache, and answers with the sampled token ids.
+// owns the paged KV cache and the decode CUDA graphs, and answers with the sampled token ids.
+//
+// Start-up order: construct (activation and step buffers), profile_run() (on a GPU, to measure
+// what a full step needs before the KV cache takes the rest), allocate_kv_cache(), then
+// capture_decode_graphs().
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
 #include "core/scheduler_output.h"
 #include "model/model.h"
+#include "runtime/decode_graphs.h"
 #include "runtime/logits_sampler.h"
 #include "runtime/sampler.h"
+#include "runtime/step_inputs.h"
 
 namespace engine {
 
 struct RunnerConfig {
   int block_size = 16;
-  int64_t num_kv_blocks = 0;
   int max_num_batched_tokens = 2048;
   int max_num_seqs = 256;
   int max_model_len = 2048;
   std::vector<int> eos_token_ids;  // masked until min_tokens unless ignore_eos
+  bool use_cuda_graphs = true;     // where the backend supports graphs
 };
 
 // Bytes of KV cache one block takes across all layers (K and V, in the compute dtype).
@@ -32,7 +39,19 @@ class ModelRunner {
  public:
   ModelRunner(Backend& backend, Model& model, const RunnerConfig& config);
 
-  ModelRunnerOutput execute(const SchedulerOutput& scheduled);
+  // One forward over max_num_batched_tokens tokens (and max_num_seqs logits rows) on a
+  // one-block scratch cache, so every workspace the largest step needs exists afterwards.
+  void profile_run();
+  void allocate_kv_cache(int64_t num_blocks);
+  // Captures the decode graphs (nothing when graphs are off or unsupported). Needs the cache.
+  void capture_decode_graphs();
+  std::vector<int> decode_graph_batch_sizes() const { return graphs_.batch_sizes(); }
+
+  // Enqueues the step's forward and sampling and returns without waiting for the device;
+  // finish() waits and returns the sampled tokens. One step may be in flight at a time.
+  void launch(const SchedulerOutput& scheduled);
+  ModelRunnerOutput finish();
+  ModelRunnerOutput execute(const SchedulerOutput& scheduled);  // launch, then finish
 
  private:
   struct SequenceState {
@@ -42,19 +61,24 @@ class ModelRunner {
     uint64_t sampling_seed = 0;
     std::vector<int> block_ids;
   };
-  // Host-side inputs of one step, copied to the device in one go per tensor.
-  struct StepInputs {
-    std::vector<int32_t> input_ids, positions, slot_mapping, query_start_loc, seq_lens;
-    std::vector<int32_t> block_table, logits_indices;
-    std::vector<SeqId> sampled_seq_ids;
-    int max_query_len = 0, max_seq_len = 0, max_blocks_per_seq = 0;
+  // A step's shape and what the attention kernels plan with.
+  struct StepPlan {
+    StepShape shape;  // padded to the graph's bucket when replaying one
+    int num_real_seqs = 0;
+    int max_query_len = 0;
+    int max_seq_len = 0;
+    std::optional<int> graph_batch_size;
   };
 
   void apply_state_updates(const SchedulerOutput& scheduled);
-  StepInputs prepare_inputs(const SchedulerOutput& scheduled) const;
-  AttentionMetadata upload_metadata(const StepInputs& inputs);
+  StepPlan plan_step(const SchedulerOutput& scheduled) const;
+  void write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan, HostStepArrays host);
+  // Enqueues the model's forward over uploaded step inputs (eagerly; also what a graph records).
+  void run_forward(const StepPlan& plan, const DeviceStepArrays& device,
+                   const std::vector<KVCacheLayer>& cache);
+  StepPlan padded_decode_plan(int batch_size) const;
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
-  Tensor upload_i32(const std::vector<int32_t>& host, int slot);
+  int max_block_table_width() const;
 
   Backend& backend_;
   Model& model_;
@@ -62,9 +86,12 @@ class ModelRunner {
   std::unordered_map<SeqId, SequenceState> sequences_;
   std::vector<Buffer> kv_buffers_;
   std::vector<KVCacheLayer> kv_cache_;
-  std::vector<Buffer> input_buffers_;  // one per uploaded i32 array, grown as needed
-  Buffer logits_buffer_;               // [max_num_seqs, vocab] f32
+  StepInputs inputs_;
+  Buffer logits_buffer_;  // [max_num_seqs, vocab] f32
   std::unique_ptr<LogitsSampler> sampler_;
+  DecodeGraphs graphs_;
+  std::vector<SeqId> sampled_seq_ids_;  // of the step in flight; reused every step
+  bool in_flight_ = false;
 };
 
 }  // namespace engine

@@ -1,0 +1,65 @@
+#pragma once
+// StepInputs: the i32 arrays one step feeds the model (token ids, positions, cache slots, the
+// attention metadata, the rows to sample), written by the host straight into one page-locked
+// buffer and copied to the device in a single asynchronous transfer.
+//
+// The arrays are packed back to back in an order fixed by the step's shape, so two steps of the
+// same shape use the same device addresses: a CUDA graph captured for a shape reads the next
+// step's inputs where it read the captured ones.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace engine {
+
+// The sizes of one step's arrays.
+struct StepShape {
+  int num_tokens = 0;         // T
+  int num_seqs = 0;           // B
+  int num_logits = 0;         // S: rows sampled
+  int block_table_width = 0;  // W: columns of the block table
+
+  bool operator==(const StepShape&) const = default;
+};
+
+// Host views of one step's arrays, to be filled before upload().
+struct HostStepArrays {
+  int32_t* input_ids;        // [T]
+  int32_t* positions;        // [T]
+  int32_t* slot_mapping;     // [T]
+  int32_t* logits_indices;   // [S]
+  int32_t* query_start_loc;  // [B + 1]
+  int32_t* seq_lens;         // [B]
+  int32_t* block_table;      // [B, W]
+};
+
+// Device tensors of one step's arrays, valid until the next begin().
+struct DeviceStepArrays {
+  Tensor input_ids, positions, slot_mapping, logits_indices, query_start_loc, seq_lens;
+  Tensor block_table;  // [B, W]
+};
+
+class StepInputs {
+ public:
+  // Sized once for the largest step: max_tokens T, max_seqs B (and logits rows), and block
+  // tables max_width wide.
+  StepInputs(Backend& backend, int max_tokens, int max_seqs, int max_width);
+
+  // Lays out a step of this shape and returns where to write it. Throws std::logic_error if the
+  // shape exceeds the sizes given at construction.
+  HostStepArrays begin(const StepShape& shape);
+  // Enqueues the copy of the arrays to the device (asynchronous: the host arrays must not be
+  // touched until the backend has synchronized) and returns the device views.
+  DeviceStepArrays upload();
+
+ private:
+  Backend& backend_;
+  int max_tokens_, max_seqs_, max_width_;
+  Buffer host_, device_;
+  StepShape shape_;
+  size_t offsets_[8] = {};  // in int32 elements; [7] is the total
+};
+
+}  // namespace engine
