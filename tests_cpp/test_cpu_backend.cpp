@@ -45,8 +45,8 @@ TEST(CpuBackend, DecodeStepThroughMetadata) {
   const int64_t hq = 4, hk = 2, dim = 8, block_size = 4, num_blocks = 4;
   HostTensor k_cache = random_f32({num_blocks, block_size, hk, dim}, rng);
   HostTensor v_cache = random_f32({num_blocks, block_size, hk, dim}, rng);
-  HostTensor q = random_f32({1, hq, dim}, rng), k = random_f32({1, hk, dim}, rng);
-  HostTensor v = random_f32({1, hk, dim}, rng);
+  HostTensor qkv = random_f32({1, (hq + 2 * hk) * dim}, rng);  // q heads, k heads, v heads
+  HostTensor q = poisoned_f32({1, hq, dim});
   HostTensor cos_sin(DType::kF32, {16, dim});
   for (int64_t p = 0; p < 16; ++p)
     for (int64_t i = 0; i < dim / 2; ++i) {
@@ -69,7 +69,7 @@ TEST(CpuBackend, DecodeStepThroughMetadata) {
   meta.slot_mapping = slots.tensor;
   meta.positions = positions.tensor;
   KVCacheLayer cache{k_cache.tensor, v_cache.tensor};
-  backend->rope_and_cache(q.tensor, k.tensor, v.tensor, cos_sin.tensor, meta, cache);
+  backend->rope_and_cache(q.tensor, qkv.tensor, nullptr, cos_sin.tensor, meta, cache);
   HostTensor out = poisoned_f32({1, hq, dim});
   const float scale = 0.35f;
   backend->attention(out.tensor, q.tensor, cache, meta, scale, std::nullopt);
@@ -93,9 +93,18 @@ TEST(CpuBackend, DecodeStepThroughMetadata) {
     }
   }
   EXPECT_LE(worst_error_ratio(out.ptr<float>(), expected, 1e-5, 1e-5), 1.0);
-  // The new key is the rotated k, stored at slot 5.
+  // The new key is k rotated by position 5's angles, stored at slot 5; v as it came.
+  const float* k = qkv.ptr<float>() + hq * dim;
+  const float* cs = cos_sin.ptr<float>() + 5 * dim;
+  for (int64_t h = 0; h < hk; ++h)
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      const float a = k[h * dim + i], b = k[h * dim + dim / 2 + i];
+      const float* cached = k_cache.ptr<float>() + (5 * hk + h) * dim;
+      EXPECT_NEAR(cached[i], a * cs[i] - b * cs[dim / 2 + i], 1e-6);
+      EXPECT_NEAR(cached[dim / 2 + i], b * cs[i] + a * cs[dim / 2 + i], 1e-6);
+    }
   for (int64_t i = 0; i < hk * dim; ++i)
-    EXPECT_EQ(k_cache.ptr<float>()[5 * hk * dim + i], k.ptr<float>()[i]);
+    EXPECT_EQ(v_cache.ptr<float>()[5 * hk * dim + i], qkv.ptr<float>()[(hq + hk) * dim + i]);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// rope_and_cache against a naive neox rotation and cache write; untouched cache slots must keep
-// their NaN poison.
+// rope_and_cache against a naive double-precision split of the fused qkv rows, per-head RMSNorm
+// (Qwen3's q/k norm), neox rotation and cache write. q_out and both caches start NaN-poisoned:
+// every q_out element must be written, and cache slots no token maps to must keep their poison.
 
 #include <gtest/gtest.h>
 
@@ -15,100 +16,165 @@
 namespace engine::test {
 namespace {
 
+constexpr int64_t kMaxPos = 300;
+constexpr float kEps = 1e-6f;
+// The kernel computes in fp32 and the reference in double: a few fp32 roundings apart.
+constexpr double kTol = 1e-5;
+
 struct RopeCase {
   int64_t num_t, num_q_heads, num_kv_heads, head_dim, block_size, num_blocks;
+  bool qk_norm;
 };
 
-void rotate_reference(std::vector<double>& x, int64_t num_heads, int64_t dim, const float* cs) {
-  const int64_t half = dim / 2;
-  for (int64_t h = 0; h < num_heads; ++h)
-    for (int64_t i = 0; i < half; ++i) {
-      double a = x[h * dim + i], b = x[h * dim + half + i];
-      x[h * dim + i] = a * cs[i] - b * cs[half + i];
-      x[h * dim + half + i] = b * cs[i] + a * cs[half + i];
-    }
-}
+struct RopeInputs {
+  HostTensor qkv, cos_sin, q_norm, k_norm;
+  std::vector<int32_t> positions, slots;
+};
 
-void run_case(const RopeCase& c, std::mt19937& rng) {
-  const int64_t max_pos = 300, dim = c.head_dim;
-  HostTensor q = random_f32({c.num_t, c.num_q_heads, dim}, rng);
-  HostTensor k = random_f32({c.num_t, c.num_kv_heads, dim}, rng);
-  HostTensor v = random_f32({c.num_t, c.num_kv_heads, dim}, rng);
-  HostTensor cos_sin(DType::kF32, {max_pos, dim});
+HostTensor random_table(int64_t dim, std::mt19937& rng) {
+  HostTensor cos_sin(DType::kF32, {kMaxPos, dim});
   std::uniform_real_distribution<float> angle(-3.14f, 3.14f);
-  for (int64_t p = 0; p < max_pos; ++p)
+  for (int64_t p = 0; p < kMaxPos; ++p)
     for (int64_t i = 0; i < dim / 2; ++i) {
       float a = angle(rng);
       cos_sin.ptr<float>()[p * dim + i] = std::cos(a);
       cos_sin.ptr<float>()[p * dim + dim / 2 + i] = std::sin(a);
     }
-  std::vector<int32_t> positions(c.num_t), slots(c.num_blocks * c.block_size);
-  for (auto& p : positions) p = static_cast<int32_t>(rng() % max_pos);
+  return cos_sin;
+}
+
+// Slots of distinct shuffled blocks, in shuffled offsets: no two tokens share one, and a
+// sequence's tokens land in non-contiguous blocks. Token 1 is padding (-1) when T > 2.
+std::vector<int32_t> scattered_slots(const RopeCase& c, std::mt19937& rng) {
+  std::vector<int32_t> slots(c.num_blocks * c.block_size);
   std::iota(slots.begin(), slots.end(), 0);
   std::shuffle(slots.begin(), slots.end(), rng);
   slots.resize(c.num_t);
-  if (c.num_t > 2) slots[1] = -1;  // a padding token: rotated but not cached
-  HostTensor pos_t = i32_tensor(positions), slot_t = i32_tensor(slots);
-  HostTensor k_cache = poisoned_f32({c.num_blocks, c.block_size, c.num_kv_heads, dim});
-  HostTensor v_cache = poisoned_f32({c.num_blocks, c.block_size, c.num_kv_heads, dim});
+  if (c.num_t > 2) slots[1] = -1;
+  return slots;
+}
 
-  const int64_t q_row = c.num_q_heads * dim, kv_row = c.num_kv_heads * dim;
-  std::vector<std::vector<double>> q_ref(c.num_t), k_ref(c.num_t);
-  for (int64_t t = 0; t < c.num_t; ++t) {
-    const float* cs = cos_sin.ptr<float>() + positions[t] * dim;
-    q_ref[t].assign(q.ptr<float>() + t * q_row, q.ptr<float>() + (t + 1) * q_row);
-    k_ref[t].assign(k.ptr<float>() + t * kv_row, k.ptr<float>() + (t + 1) * kv_row);
-    rotate_reference(q_ref[t], c.num_q_heads, dim, cs);
-    rotate_reference(k_ref[t], c.num_kv_heads, dim, cs);
+RopeInputs make_inputs(const RopeCase& c, std::mt19937& rng) {
+  const int64_t width = (c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim;
+  RopeInputs in{random_f32({c.num_t, width}, rng, -2.0f, 2.0f),
+                random_table(c.head_dim, rng),
+                random_f32({c.head_dim}, rng, 0.5f, 1.5f),
+                random_f32({c.head_dim}, rng, 0.5f, 1.5f),
+                {},
+                scattered_slots(c, rng)};
+  for (int64_t t = 0; t < c.num_t; ++t) in.positions.push_back(rng() % kMaxPos);
+  return in;
+}
+
+// One head of qkv row `row`, normed by `weight` (if any) and rotated, in double.
+std::vector<double> reference_head(const float* head, int64_t dim, const float* weight,
+                                   const float* cs) {
+  std::vector<double> x(head, head + dim);
+  if (weight) {
+    double sum_squares = 0.0;
+    for (double v : x) sum_squares += v * v;
+    const double inv_rms = 1.0 / std::sqrt(sum_squares / dim + kEps);
+    for (int64_t d = 0; d < dim; ++d) x[d] = x[d] * inv_rms * weight[d];
   }
-  std::vector<float> v_orig(v.ptr<float>(), v.ptr<float>() + v.numel());
+  const int64_t half = dim / 2;
+  std::vector<double> out(dim);
+  for (int64_t i = 0; i < half; ++i) {
+    out[i] = x[i] * cs[i] - x[half + i] * cs[half + i];
+    out[half + i] = x[half + i] * cs[i] + x[i] * cs[half + i];
+  }
+  return out;
+}
 
-  cpu::rope_and_cache(q.tensor, k.tensor, v.tensor, cos_sin.tensor, pos_t.tensor, slot_t.tensor,
-                      k_cache.tensor, v_cache.tensor);
+void run_case(const RopeCase& c, std::mt19937& rng) {
+  SCOPED_TRACE(testing::Message() << "T=" << c.num_t << " Hq=" << c.num_q_heads
+                                  << " Hk=" << c.num_kv_heads << " D=" << c.head_dim
+                                  << " norm=" << c.qk_norm);
+  const int64_t dim = c.head_dim, hq = c.num_q_heads, hk = c.num_kv_heads;
+  RopeInputs in = make_inputs(c, rng);
+  HostTensor pos_t = i32_tensor(in.positions), slot_t = i32_tensor(in.slots);
+  HostTensor q_out = poisoned_f32({c.num_t, hq, dim});
+  HostTensor k_cache = poisoned_f32({c.num_blocks, c.block_size, hk, dim});
+  HostTensor v_cache = poisoned_f32({c.num_blocks, c.block_size, hk, dim});
+  const QKNorm norm{in.q_norm.tensor, in.k_norm.tensor, kEps};
 
+  cpu::rope_and_cache(q_out.tensor, in.qkv.tensor, c.qk_norm ? &norm : nullptr, in.cos_sin.tensor,
+                      pos_t.tensor, slot_t.tensor, k_cache.tensor, v_cache.tensor);
+
+  const float* q_weight = c.qk_norm ? in.q_norm.ptr<float>() : nullptr;
+  const float* k_weight = c.qk_norm ? in.k_norm.ptr<float>() : nullptr;
+  const int64_t width = (hq + 2 * hk) * dim, kv_row = hk * dim;
   std::vector<bool> written(c.num_blocks * c.block_size, false);
   for (int64_t t = 0; t < c.num_t; ++t) {
-    EXPECT_LE(worst_error_ratio(q.ptr<float>() + t * q_row, q_ref[t], 1e-6, 1e-6), 1.0) << t;
-    EXPECT_LE(worst_error_ratio(k.ptr<float>() + t * kv_row, k_ref[t], 1e-6, 1e-6), 1.0) << t;
-    if (slots[t] < 0) continue;
-    written[slots[t]] = true;
-    // block = slot / block_size, offset = slot % block_size.
-    const int64_t block = slots[t] / c.block_size, offset = slots[t] % c.block_size;
-    const int64_t base = (block * c.block_size + offset) * kv_row;
+    const float* row = in.qkv.ptr<float>() + t * width;
+    const float* cs = in.cos_sin.ptr<float>() + in.positions[t] * dim;
+    for (int64_t h = 0; h < hq; ++h) {
+      std::vector<double> want = reference_head(row + h * dim, dim, q_weight, cs);
+      ASSERT_LE(worst_error_ratio(q_out.ptr<float>() + (t * hq + h) * dim, want, kTol, kTol), 1.0)
+          << "q, token " << t << " head " << h;
+    }
+    if (in.slots[t] < 0) continue;
+    written[in.slots[t]] = true;
+    const float* k_row = k_cache.ptr<float>() + in.slots[t] * kv_row;
+    const float* v_row = v_cache.ptr<float>() + in.slots[t] * kv_row;
+    for (int64_t h = 0; h < hk; ++h) {
+      std::vector<double> want = reference_head(row + (hq + h) * dim, dim, k_weight, cs);
+      ASSERT_LE(worst_error_ratio(k_row + h * dim, want, kTol, kTol), 1.0)
+          << "k, token " << t << " head " << h;
+    }
+    for (int64_t i = 0; i < kv_row; ++i) ASSERT_EQ(v_row[i], row[(hq + hk) * dim + i]) << t;
+  }
+  for (size_t s = 0; s < written.size(); ++s) {
+    if (written[s]) continue;
     for (int64_t i = 0; i < kv_row; ++i) {
-      ASSERT_EQ(k_cache.ptr<float>()[base + i], k.ptr<float>()[t * kv_row + i]);
-      ASSERT_EQ(v_cache.ptr<float>()[base + i], v_orig[t * kv_row + i]);
+      ASSERT_TRUE(std::isnan(k_cache.ptr<float>()[s * kv_row + i])) << "k slot " << s;
+      ASSERT_TRUE(std::isnan(v_cache.ptr<float>()[s * kv_row + i])) << "v slot " << s;
     }
   }
-  for (size_t s = 0; s < written.size(); ++s)
-    if (!written[s]) ASSERT_TRUE(std::isnan(k_cache.ptr<float>()[s * kv_row])) << "slot " << s;
 }
 
 TEST(CpuRopeCache, MatchesReferenceAndWritesOnlyMappedSlots) {
   std::mt19937 rng(31);
-  for (int64_t num_t : {1, 7, 33, 130}) {
-    run_case({num_t, 9, 3, 64, 16, 12}, rng);
-    run_case({num_t, 8, 1, 32, 5, 30}, rng);
-    run_case({num_t, 4, 4, 6, 3, 50}, rng);
+  for (bool qk_norm : {false, true}) {
+    for (int64_t num_t : {1, 7, 33, 130}) {
+      run_case({num_t, 8, 8, 64, 16, 12, qk_norm}, rng);   // MHA
+      run_case({num_t, 8, 2, 128, 16, 12, qk_norm}, rng);  // GQA 4
+      run_case({num_t, 16, 2, 64, 5, 30, qk_norm}, rng);   // GQA 8
+      run_case({num_t, 9, 3, 32, 3, 50, qk_norm}, rng);    // GQA 3
+      run_case({num_t, 4, 1, 6, 7, 20, qk_norm}, rng);     // MQA, tiny head
+    }
   }
 }
 
 TEST(CpuRopeCache, RejectsBadPositionsSlotsAndShapes) {
   std::mt19937 rng(32);
-  HostTensor q = random_f32({2, 2, 4}, rng), k = random_f32({2, 1, 4}, rng);
-  HostTensor v = random_f32({2, 1, 4}, rng), cos_sin = random_f32({10, 4}, rng);
-  HostTensor kc = poisoned_f32({3, 4, 1, 4}), vc = poisoned_f32({3, 4, 1, 4});
+  // Hq 2, Hk 1, D 4: qkv rows of (2 + 2) * 4 = 16.
+  HostTensor q_out = poisoned_f32({2, 2, 4}), qkv = random_f32({2, 16}, rng);
+  HostTensor cos_sin = random_f32({10, 4}, rng), weight = random_f32({4}, rng);
+  HostTensor kc = poisoned_f32({3, 4, 1, 4});  // k and v share it: only the checks matter
   HostTensor ok_pos = i32_tensor({0, 9}), ok_slots = i32_tensor({0, 11});
   HostTensor bad_pos = i32_tensor({0, 10}), bad_slots = i32_tensor({0, 12});
-  EXPECT_THROW(cpu::rope_and_cache(q.tensor, k.tensor, v.tensor, cos_sin.tensor, bad_pos.tensor,
-                                   ok_slots.tensor, kc.tensor, vc.tensor),
+  const auto call = [&](Tensor q, Tensor fused, const QKNorm* norm, Tensor pos, Tensor slots,
+                        Tensor k_cache) {
+    cpu::rope_and_cache(q, fused, norm, cos_sin.tensor, pos, slots, k_cache, k_cache);
+  };
+  EXPECT_NO_THROW(
+      call(q_out.tensor, qkv.tensor, nullptr, ok_pos.tensor, ok_slots.tensor, kc.tensor));
+  EXPECT_THROW(call(q_out.tensor, qkv.tensor, nullptr, bad_pos.tensor, ok_slots.tensor, kc.tensor),
                std::out_of_range);
-  EXPECT_THROW(cpu::rope_and_cache(q.tensor, k.tensor, v.tensor, cos_sin.tensor, ok_pos.tensor,
-                                   bad_slots.tensor, kc.tensor, vc.tensor),
+  EXPECT_THROW(call(q_out.tensor, qkv.tensor, nullptr, ok_pos.tensor, bad_slots.tensor, kc.tensor),
                std::out_of_range);
+  // A cache with 2 kv heads makes the qkv row 24 wide, not 16.
   HostTensor wide_cache = poisoned_f32({3, 4, 2, 4});
-  EXPECT_THROW(cpu::rope_and_cache(q.tensor, k.tensor, v.tensor, cos_sin.tensor, ok_pos.tensor,
-                                   ok_slots.tensor, wide_cache.tensor, vc.tensor),
+  EXPECT_THROW(
+      call(q_out.tensor, qkv.tensor, nullptr, ok_pos.tensor, ok_slots.tensor, wide_cache.tensor),
+      std::invalid_argument);
+  HostTensor short_weight = random_f32({3}, rng);
+  const QKNorm bad_norm{weight.tensor, short_weight.tensor, kEps};
+  EXPECT_THROW(call(q_out.tensor, qkv.tensor, &bad_norm, ok_pos.tensor, ok_slots.tensor, kc.tensor),
+               std::invalid_argument);
+  // q_out inside qkv's memory.
+  Tensor aliased(qkv.tensor.data, DType::kF32, {2, 2, 4});
+  EXPECT_THROW(call(aliased, qkv.tensor, nullptr, ok_pos.tensor, ok_slots.tensor, kc.tensor),
                std::invalid_argument);
 }
 

@@ -269,7 +269,7 @@ class HostMemoryBackend final : public Backend {
   void rms_norm(Tensor, Tensor, Tensor, float) override { unused(); }
   void add_rms_norm(Tensor, Tensor, Tensor, float) override { unused(); }
   void linear(Tensor, Tensor, Tensor, const Tensor*) override { unused(); }
-  void rope_and_cache(Tensor, Tensor, Tensor, Tensor, const AttentionMetadata&,
+  void rope_and_cache(Tensor, Tensor, const QKNorm*, Tensor, const AttentionMetadata&,
                       KVCacheLayer) override {
     unused();
   }
@@ -365,9 +365,9 @@ TEST(WeightLoading, AutoDtypeMapsTheCheckpointWithoutCopies) {
   write_bytes(dir.path() / "model.safetensors", encode_safetensors(tiny_checkpoint(config)));
   HostMemoryBackend backend;
   DecoderWeights w = load_tiny(dir, config, "auto", backend);
-  const Tensor& q = dense_weight(w.layers[0].q_proj);
-  EXPECT_EQ(q.dtype, DType::kBF16);
-  EXPECT_EQ(q.data, w.storage.checkpoint->get("model.layers.0.self_attn.q_proj.weight").data);
+  const Tensor& o = dense_weight(w.layers[0].o_proj);
+  EXPECT_EQ(o.dtype, DType::kBF16);
+  EXPECT_EQ(o.data, w.storage.checkpoint->get("model.layers.0.self_attn.o_proj.weight").data);
   EXPECT_EQ(w.embed_tokens.data, w.storage.checkpoint->get("model.embed_tokens.weight").data);
   EXPECT_EQ(as_floats(dense_weight(w.lm_head)), pattern(16 * 8, 12));
   // Norm weights always become fp32.
@@ -388,6 +388,37 @@ TEST(WeightLoading, GateAndUpAreStackedGateFirst) {
   std::vector<float> up = pattern(12 * 8, 9);
   expected.insert(expected.end(), up.begin(), up.end());
   EXPECT_EQ(as_floats(gate_up), expected);
+}
+
+std::vector<float> concat(std::vector<std::vector<float>> parts) {
+  std::vector<float> all;
+  for (const std::vector<float>& part : parts) all.insert(all.end(), part.begin(), part.end());
+  return all;
+}
+
+// q rows, then k rows, then v rows, in a buffer of their own (the mapping holds them apart);
+// Qwen2's three biases likewise, in fp32.
+TEST(WeightLoading, QkvStackedQThenKThenV) {
+  for (const char* dtype : {"auto", "float32"}) {
+    TempDir dir;
+    ModelConfig config = tiny_config("Qwen2ForCausalLM", false);
+    write_bytes(dir.path() / "model.safetensors", encode_safetensors(tiny_checkpoint(config)));
+    HostMemoryBackend backend;
+    DecoderWeights w = load_tiny(dir, config, dtype, backend);
+    const LinearMethod& qkv_proj = *w.layers[0].qkv_proj;
+    EXPECT_EQ(qkv_proj.num_out_features(), 16);  // (2 + 2 * 1) heads of 4
+    EXPECT_EQ(qkv_proj.num_in_features(), 8);
+    const Tensor& qkv = dense_weight(w.layers[0].qkv_proj);
+    EXPECT_EQ(qkv.dtype, std::string(dtype) == "auto" ? DType::kBF16 : DType::kF32);
+    EXPECT_EQ(as_floats(qkv), concat({pattern(8 * 8, 3), pattern(4 * 8, 4), pattern(4 * 8, 5)}));
+    const Tensor q_in_checkpoint =
+        w.storage.checkpoint->get("model.layers.0.self_attn.q_proj.weight");
+    EXPECT_NE(qkv.data, q_in_checkpoint.data);
+    const Tensor* bias = dynamic_cast<const DenseLinear&>(qkv_proj).bias();
+    ASSERT_NE(bias, nullptr);
+    EXPECT_EQ(bias->dtype, DType::kF32);
+    EXPECT_EQ(as_floats(*bias), concat({pattern(8, 13), pattern(4, 14), pattern(4, 15)}));
+  }
 }
 
 TEST(WeightLoading, Float32ConvertsEveryMatrix) {
@@ -411,8 +442,14 @@ TEST(WeightLoading, Qwen2BiasesAndQwen3HeadNorms) {
     write_bytes(dir.path() / "model.safetensors", encode_safetensors(tiny_checkpoint(config)));
     HostMemoryBackend backend;
     DecoderWeights w = load_tiny(dir, config, "auto", backend);
-    EXPECT_EQ(w.layers[0].q_norm.has_value(), config.qk_norm) << architecture;
-    if (config.qk_norm) EXPECT_EQ(as_floats(*w.layers[0].k_norm), pattern(4, 17));
+    const DecoderLayerWeights& layer = w.layers[0];
+    EXPECT_EQ(layer.qk_norm.has_value(), config.qk_norm) << architecture;
+    EXPECT_EQ(dynamic_cast<const DenseLinear&>(*layer.qkv_proj).bias() != nullptr, config.qkv_bias)
+        << architecture;
+    if (!config.qk_norm) continue;
+    EXPECT_EQ(as_floats(layer.qk_norm->q_weight), pattern(4, 16));
+    EXPECT_EQ(as_floats(layer.qk_norm->k_weight), pattern(4, 17));
+    EXPECT_EQ(layer.qk_norm->eps, config.rms_norm_eps);
   }
 }
 
@@ -470,13 +507,12 @@ TEST(DummyWeights, FiniteRightShapesSeeded) {
   EXPECT_EQ(w.embed_tokens.dtype, DType::kBF16);  // "auto": config.json's torch_dtype
   EXPECT_EQ(w.embed_tokens.shape, (std::vector<int64_t>{16, 8}));
   const DecoderLayerWeights& layer = w.layers[0];
-  EXPECT_EQ(dense_weight(layer.q_proj).shape, (std::vector<int64_t>{8, 8}));
-  EXPECT_EQ(dense_weight(layer.k_proj).shape, (std::vector<int64_t>{4, 8}));
+  EXPECT_EQ(dense_weight(layer.qkv_proj).shape, (std::vector<int64_t>{16, 8}));
   EXPECT_EQ(dense_weight(layer.gate_up_proj).shape, (std::vector<int64_t>{24, 8}));
   EXPECT_EQ(dense_weight(layer.down_proj).shape, (std::vector<int64_t>{8, 12}));
   EXPECT_EQ(dense_weight(w.lm_head).shape, (std::vector<int64_t>{16, 8}));
   EXPECT_EQ(as_floats(layer.input_norm), std::vector<float>(8, 1.0f));
-  EXPECT_EQ(as_floats(*layer.q_norm), std::vector<float>(4, 1.0f));
+  EXPECT_EQ(as_floats(layer.qk_norm->q_weight), std::vector<float>(4, 1.0f));
   std::vector<float> values = as_floats(dense_weight(layer.gate_up_proj));
   double sum_sq = 0;
   for (float v : values) {
@@ -494,6 +530,33 @@ TEST(DummyWeights, FiniteRightShapesSeeded) {
   DecoderWeights other = load_decoder_weights(config, {}, options, backend);
   EXPECT_EQ(other.embed_tokens.dtype, DType::kF32);
   EXPECT_NE(as_floats(dense_weight(other.layers[0].gate_up_proj)), values);
+}
+
+// Dummy q, k and v are each generated from their own name, as when they were three matrices:
+// the stacked rows equal what matrix() gives for each name, so dummy models keep their values.
+TEST(DummyWeights, StackedQkvKeepsEachPartsValues) {
+  ModelConfig config = tiny_config("Qwen2ForCausalLM", false);
+  HostMemoryBackend backend;
+  LoadOptions options;
+  options.load_format = "dummy";
+  options.seed = 7;
+  DecoderWeights w = load_decoder_weights(config, {}, options, backend);
+  WeightLoader loader(options, config.torch_dtype, backend);
+  const std::string l = "model.layers.0.self_attn.";
+  std::vector<float> expected = concat({as_floats(loader.matrix(l + "q_proj.weight", {8, 8})),
+                                        as_floats(loader.matrix(l + "k_proj.weight", {4, 8})),
+                                        as_floats(loader.matrix(l + "v_proj.weight", {4, 8}))});
+  EXPECT_EQ(as_floats(dense_weight(w.layers[0].qkv_proj)), expected);
+  std::vector<float> expected_bias =
+      concat({as_floats(loader.fp32_vector(l + "q_proj.bias", 8, std::nullopt)),
+              as_floats(loader.fp32_vector(l + "k_proj.bias", 4, std::nullopt)),
+              as_floats(loader.fp32_vector(l + "v_proj.bias", 4, std::nullopt))});
+  const Tensor* bias = dynamic_cast<const DenseLinear&>(*w.layers[0].qkv_proj).bias();
+  ASSERT_NE(bias, nullptr);
+  EXPECT_EQ(as_floats(*bias), expected_bias);
+  // q, k and v differ: each part came from its own name, not one stream.
+  EXPECT_NE(std::vector<float>(expected.begin(), expected.begin() + 32),
+            std::vector<float>(expected.begin() + 64, expected.begin() + 96));
 }
 
 // One sequence on the CPU backend: runs tokens [begin, end) of `ids` as one step over a paged

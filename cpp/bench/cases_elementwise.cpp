@@ -34,12 +34,13 @@ std::vector<float> rotary_table(const ModelShape& m, int64_t max_pos) {
   return table;
 }
 
-void rope_case(Bench& bench, const ModelShape& m, int64_t num_tokens) {
+void rope_case(Bench& bench, const ModelShape& m, int64_t num_tokens, bool qk_norm) {
   const std::string kernel = "rope_and_cache";
   // NOTE: 1 and 64 tokens are a decode step (one token per sequence, each at a random position
   // and cache slot); 4096 is one sequence's prefill (positions 0.., slots through shuffled blocks).
   const bool decode = num_tokens <= 64;
-  const std::string shape = tokens_shape(num_tokens, decode ? "decode" : "prefill");
+  const std::string shape = tokens_shape(
+      num_tokens, std::string(decode ? "decode" : "prefill") + (qk_norm ? ", qk_norm" : ""));
   if (!bench.selected(kernel, shape)) return;
   const int64_t max_pos = 8192, num_blocks = 4096 + 1;
   std::mt19937 rng(99);
@@ -52,30 +53,33 @@ void rope_case(Bench& bench, const ModelShape& m, int64_t num_tokens) {
     slots[t] = decode ? blocks[t] * m.block_size + static_cast<int32_t>(rng() % m.block_size)
                       : blocks[t / m.block_size] * m.block_size + t % m.block_size;
   }
-  DeviceTensor q(DType::kBF16, {num_tokens, m.num_q_heads, m.head_dim});
-  DeviceTensor k(DType::kBF16, {num_tokens, m.num_kv_heads, m.head_dim});
-  DeviceTensor v(DType::kBF16, {num_tokens, m.num_kv_heads, m.head_dim});
+  const int64_t num_heads = m.num_q_heads + 2 * m.num_kv_heads;
+  DeviceTensor qkv(DType::kBF16, {num_tokens, num_heads * m.head_dim});
+  DeviceTensor q_out(DType::kBF16, {num_tokens, m.num_q_heads, m.head_dim});
   DeviceTensor cos_sin(DType::kF32, {max_pos, m.head_dim});
   DeviceTensor k_cache(DType::kBF16, {num_blocks, m.block_size, m.num_kv_heads, m.head_dim});
   DeviceTensor v_cache(DType::kBF16, k_cache.t().shape);
-  q.random();
-  k.random();
-  v.random();
+  DeviceTensor q_weight(DType::kF32, {m.head_dim}), k_weight(DType::kF32, {m.head_dim});
+  qkv.random();
   k_cache.random();
   v_cache.random();
+  q_weight.random(0.5f, 1.5f);
+  k_weight.random(0.5f, 1.5f);
   cos_sin.upload(rotary_table(m, max_pos).data());
   const DeviceTensor d_positions = upload_i32(positions, {num_tokens});
   const DeviceTensor d_slots = upload_i32(slots, {num_tokens});
+  const QKNorm norm{q_weight.t(), k_weight.t(), kEps};
   const double us = bench.time_device_us([&] {
-    cuda::rope_and_cache(q.t(), k.t(), v.t(), cos_sin.t(), d_positions.t(), d_slots.t(),
-                         k_cache.t(), v_cache.t(), nullptr);
+    cuda::rope_and_cache(q_out.t(), qkv.t(), qk_norm ? &norm : nullptr, cos_sin.t(),
+                         d_positions.t(), d_slots.t(), k_cache.t(), v_cache.t(), nullptr);
     EMBER_CUDA_CHECK_LAUNCH();
   });
-  // q and k read and written, v read, k and v written to the cache, one table row per token.
-  const double bytes = double(num_tokens) * m.head_dim *
-                           (2.0 * 2 * (m.num_q_heads + m.num_kv_heads) + 2.0 * m.num_kv_heads +
-                            2.0 * 2 * m.num_kv_heads + 4.0) +
-                       8.0 * num_tokens;
+  // qkv read, q written, k and v written to the cache, one table row and one position and
+  // slot per token; the norm weights once.
+  const double bytes =
+      double(num_tokens) * m.head_dim *
+          (2.0 * num_heads + 2.0 * m.num_q_heads + 2.0 * 2 * m.num_kv_heads + 4.0) +
+      8.0 * num_tokens + (qk_norm ? 8.0 * m.head_dim : 0.0);
   bench.add(kernel, shape, us, bytes, 0);
 }
 
@@ -112,7 +116,8 @@ void bench_norm(Bench& bench, const ModelShape& m) {
 }
 
 void bench_rope(Bench& bench, const ModelShape& m) {
-  for (int64_t num_tokens : {1, 64, 4096}) rope_case(bench, m, num_tokens);
+  for (bool qk_norm : {false, true})
+    for (int64_t num_tokens : {1, 64, 4096}) rope_case(bench, m, num_tokens, qk_norm);
 }
 
 void bench_activation(Bench& bench, const ModelShape& m) {

@@ -100,11 +100,11 @@ void CudaBackend::linear(Tensor out, Tensor x, Tensor weight, const Tensor* bias
   gemm_->linear(out, x, weight, bias, stream_);
 }
 
-void CudaBackend::rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor cos_sin,
+void CudaBackend::rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_sin,
                                  const AttentionMetadata& meta, KVCacheLayer cache) {
   use_device();
-  cuda::rope_and_cache(q, k, v, cos_sin, meta.positions, meta.slot_mapping, cache.k, cache.v,
-                       stream_);
+  cuda::rope_and_cache(q_out, qkv, qk_norm, cos_sin, meta.positions, meta.slot_mapping, cache.k,
+                       cache.v, stream_);
 }
 
 void CudaBackend::attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,

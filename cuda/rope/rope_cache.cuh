@@ -1,9 +1,13 @@
 #pragma once
-// RoPE (neox style) fused with the paged KV-cache write: one block per token rotates all its q
-// and k heads in one pass, writes each rotated k pack straight from registers into the cache,
-// and copies v. A thread owns kVec consecutive pairs (i, i + D/2) of one head: 16-byte accesses
-// when D/2 is a multiple of 8, single elements otherwise.
-// Positions and slots are not range-checked on the device (the runner builds them).
+// RoPE (neox style) fused with the split of the qkv projection, Qwen3's per-head q/k RMSNorm and
+// the paged KV-cache write. One block per token. A group of G lanes of one warp owns a q or k
+// head: each lane owns packs of kVec consecutive pairs (i, i + D/2) (16-byte accesses when D/2
+// is a multiple of 8, single elements otherwise), so the head's sum of squares is a shuffle
+// reduction inside the group, with no shared memory and no barrier. The head is read twice when
+// normed, once for the sum and once to scale and rotate: the second read hits L1, and a head
+// of any size need not fit in registers. Rotated q goes to q_out, rotated k straight from
+// registers into the cache; v is copied. Positions and slots are not range-checked on the
+// device (the runner builds them).
 
 #include <cstdint>
 
@@ -11,57 +15,123 @@
 
 namespace engine::cuda {
 
+// The q or k head a group of lanes transforms, and where its result goes.
+template <typename T>
+struct RopeHead {
+  const T* x;           // [D] input (a slice of the qkv row)
+  T* out;               // [D] q_out row or cache row
+  const float* weight;  // [D] norm weight, or null
+};
+
+// Sum of v over the G lanes of each aligned group (G a power of two <= 32). Every lane of the
+// warp must call it.
+__device__ __forceinline__ float group_sum(float v, int group_size) {
+  for (int offset = group_size / 2; offset > 0; offset >>= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+// This lane's share of the head's sum of squares: packs lane, lane + G, ...
+template <typename T, int kVec>
+__device__ __forceinline__ float head_sum_squares(const T* x /*[D]*/, int half, int lane,
+                                                  int group_size) {
+  float sum = 0.0f;
+  for (int first = lane * kVec; first < half; first += group_size * kVec) {
+    const Pack<T, kVec> a = load_pack<T, kVec>(x + first);
+    const Pack<T, kVec> b = load_pack<T, kVec>(x + half + first);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      sum += to_float(a.v[j]) * to_float(a.v[j]) + to_float(b.v[j]) * to_float(b.v[j]);
+    }
+  }
+  return sum;
+}
+
+// out = rotate(x * inv_rms * weight) (no scaling without a weight), for this lane's packs.
+template <typename T, int kVec>
+__device__ __forceinline__ void norm_rotate_head(const RopeHead<T>& head, float inv_rms,
+                                                 const float* __restrict__ cos /*[D/2]*/,
+                                                 const float* __restrict__ sin /*[D/2]*/, int half,
+                                                 int lane, int group_size) {
+  for (int first = lane * kVec; first < half; first += group_size * kVec) {
+    const Pack<T, kVec> a = load_pack<T, kVec>(head.x + first);
+    const Pack<T, kVec> b = load_pack<T, kVec>(head.x + half + first);
+    float c[kVec], s[kVec], wa[kVec], wb[kVec];
+    load_as_float<float, kVec>(cos + first, c);
+    load_as_float<float, kVec>(sin + first, s);
+    if (head.weight != nullptr) {
+      load_as_float<float, kVec>(head.weight + first, wa);
+      load_as_float<float, kVec>(head.weight + half + first, wb);
+    }
+    Pack<T, kVec> ra, rb;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float fa = to_float(a.v[j]), fb = to_float(b.v[j]);
+      if (head.weight != nullptr) {
+        fa = fa * inv_rms * wa[j];
+        fb = fb * inv_rms * wb[j];
+      }
+      ra.v[j] = from_float<T>(fa * c[j] - fb * s[j]);
+      rb.v[j] = from_float<T>(fb * c[j] + fa * s[j]);
+    }
+    store_pack<T, kVec>(head.out + first, ra);
+    store_pack<T, kVec>(head.out + half + first, rb);
+  }
+}
+
+// lanes_per_head (G): a power of two <= 32, at least D/2/kVec where that is <= 32, so a
+// head's lanes sit in one warp. blockDim.x: a multiple of 32. q_norm and k_norm are both
+// null or both set.
 template <typename T, int kVec>
 __global__ void rope_and_cache_kernel(
-    T* __restrict__ q /*[T, Hq, D]*/, T* __restrict__ k /*[T, Hk, D]*/,
-    const T* __restrict__ v /*[T, Hk, D]*/,
+    T* __restrict__ q_out /*[T, Hq, D]*/, const T* __restrict__ qkv /*[T, (Hq + 2 Hk) * D]*/,
+    const float* __restrict__ q_norm /*[D] or null*/,
+    const float* __restrict__ k_norm /*[D] or null*/, float eps,
     const float* __restrict__ cos_sin /*[max_pos, D]: cos in [:, :D/2], sin in [:, D/2:]*/,
     const int32_t* __restrict__ positions /*[>= T]*/,
     const int32_t* __restrict__ slot_mapping /*[>= T]; negative = do not cache*/,
     T* __restrict__ k_cache /*[num_blocks * block_size, Hk, D]*/,
     T* __restrict__ v_cache /*[num_blocks * block_size, Hk, D]*/, int num_q_heads, int num_kv_heads,
-    int head_dim) {
+    int head_dim, int lanes_per_head) {
   const int64_t token = blockIdx.x;
   const int half = head_dim / 2;
-  const int packs_per_half = half / kVec;
   const float* cos = cos_sin + int64_t(positions[token]) * head_dim;
   const float* sin = cos + half;
   const int64_t slot = slot_mapping[token];
   // A slot is block * block_size + offset, and a block is block_size consecutive [Hk, D] rows,
   // so slot * Hk * D is the row's element offset whatever block_size is.
   const int64_t kv_row = int64_t(num_kv_heads) * head_dim;
+  const T* row = qkv + token * (int64_t(num_q_heads) * head_dim + 2 * kv_row);
+  // Padding tokens (negative slot) need only their q: their k and v are never read.
+  const int num_heads = num_q_heads + (slot >= 0 ? num_kv_heads : 0);
 
-  const int num_rotations = (num_q_heads + num_kv_heads) * packs_per_half;
-  for (int i = threadIdx.x; i < num_rotations; i += blockDim.x) {
-    const int head = i / packs_per_half;
-    const int first = (i % packs_per_half) * kVec;
-    const bool is_q = head < num_q_heads;
-    const int kv_head = head - num_q_heads;
-    T* x = is_q ? q + (token * num_q_heads + head) * head_dim
-                : k + token * kv_row + int64_t(kv_head) * head_dim;
-    const Pack<T, kVec> a = load_pack<T, kVec>(x + first);
-    const Pack<T, kVec> b = load_pack<T, kVec>(x + half + first);
-    float c[kVec], s[kVec];
-    load_as_float<float, kVec>(cos + first, c);
-    load_as_float<float, kVec>(sin + first, s);
-    Pack<T, kVec> ra, rb;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float fa = to_float(a.v[j]), fb = to_float(b.v[j]);
-      ra.v[j] = from_float<T>(fa * c[j] - fb * s[j]);
-      rb.v[j] = from_float<T>(fb * c[j] + fa * s[j]);
+  const int heads_per_warp = 32 / lanes_per_head, num_warps = blockDim.x / 32;
+  const int lane = threadIdx.x % lanes_per_head;
+  // The loop bound depends on the warp only, so all 32 lanes reach every group_sum.
+  for (int base = threadIdx.x / 32 * heads_per_warp; base < num_heads;
+       base += num_warps * heads_per_warp) {
+    const int h = base + threadIdx.x % 32 / lanes_per_head;
+    const bool active = h < num_heads, is_q = h < num_q_heads;
+    // q heads then k heads lie back to back in the row.
+    const RopeHead<T> head{
+        row + int64_t(h) * head_dim,
+        is_q ? q_out + (token * num_q_heads + h) * head_dim
+             : k_cache + (slot < 0 ? 0 : slot) * kv_row + int64_t(h - num_q_heads) * head_dim,
+        is_q ? q_norm : k_norm};
+    float inv_rms = 1.0f;
+    if (head.weight != nullptr) {  // the same for every lane (both norms or neither)
+      const float own =
+          active ? head_sum_squares<T, kVec>(head.x, half, lane, lanes_per_head) : 0.0f;
+      inv_rms = rsqrtf(group_sum(own, lanes_per_head) / float(head_dim) + eps);
     }
-    store_pack<T, kVec>(x + first, ra);
-    store_pack<T, kVec>(x + half + first, rb);
-    if (!is_q && slot >= 0) {
-      T* cached = k_cache + slot * kv_row + int64_t(kv_head) * head_dim;
-      store_pack<T, kVec>(cached + first, ra);
-      store_pack<T, kVec>(cached + half + first, rb);
+    if (active) {
+      norm_rotate_head<T, kVec>(head, inv_rms, cos, sin, half, lane, lanes_per_head);
     }
   }
 
   if (slot < 0) return;
-  const T* v_row = v + token * kv_row;
+  const T* v_row = row + int64_t(num_q_heads) * head_dim + kv_row;
   T* v_cached = v_cache + slot * kv_row;
   for (int64_t p = threadIdx.x; p < kv_row / kVec; p += blockDim.x) {
     store_pack<T, kVec>(v_cached + p * kVec, load_pack<T, kVec>(v_row + p * kVec));

@@ -1,23 +1,28 @@
 #pragma once
-// RoPE fused with the paged KV-cache write (kernel in rope_cache.cuh). Asynchronous on `stream`.
+// RoPE fused with the split of the qkv projection, the optional per-head q/k RMSNorm and the
+// paged KV-cache write (kernel in rope_cache.cuh). One launch. Asynchronous on `stream`.
 
 #include <cuda_runtime.h>
 
-#include "backend/tensor.h"
+#include "backend/backend.h"
 
 namespace engine::cuda {
 
-// Rotates q and k in place, neox style (pairs i and i + D/2, angle from cos_sin[pos]), then
-// writes k and v of token t into cache slot slot_mapping[t] (block = slot / block_size,
-// offset = slot % block_size); a negative slot means "do not cache" (padding). T = q.size(0).
-void rope_and_cache(Tensor q,             // [T, Hq, D] compute dtype, in/out
-                    Tensor k,             // [T, Hk, D] compute dtype, in/out
-                    Tensor v,             // [T, Hk, D] compute dtype
-                    Tensor cos_sin,       // [max_pos, D] f32: cos in [:, :D/2], sin in [:, D/2:]
-                    Tensor positions,     // [>= T] i32
-                    Tensor slot_mapping,  // [>= T] i32
-                    Tensor k_cache,       // [num_blocks, block_size, Hk, D] compute dtype
-                    Tensor v_cache,       // [num_blocks, block_size, Hk, D] compute dtype
+// Splits each token's qkv row into Hq q heads, Hk k heads and Hk v heads (D elements each, in
+// that order); RMS-normalises each q and k head over D by qk_norm when given; rotates q and k
+// neox style (pairs i and i + D/2, angle from cos_sin[positions[t]]); writes rotated q into
+// q_out, rotated k and raw v into cache slot slot_mapping[t] (block = slot / block_size,
+// offset = slot % block_size); a negative slot means "do not cache" (padding), its q is still
+// written. Computes in fp32, rounds each output once. T = q_out.size(0), Hk = k_cache.size(2).
+// q_out must not overlap qkv.
+void rope_and_cache(Tensor q_out,           // [T, Hq, D] compute dtype, out
+                    Tensor qkv,             // [T, (Hq + 2 Hk) * D] compute dtype
+                    const QKNorm* qk_norm,  // q_weight, k_weight [D] f32; or null
+                    Tensor cos_sin,         // [max_pos, D] f32: cos in [:, :D/2], sin in [:, D/2:]
+                    Tensor positions,       // [>= T] i32
+                    Tensor slot_mapping,    // [>= T] i32
+                    Tensor k_cache,         // [num_blocks, block_size, Hk, D] compute dtype
+                    Tensor v_cache,         // [num_blocks, block_size, Hk, D] compute dtype
                     cudaStream_t stream);
 
 }  // namespace engine::cuda

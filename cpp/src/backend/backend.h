@@ -33,6 +33,14 @@ struct KVCacheLayer {
   Tensor v;  // [num_blocks, block_size, num_kv_heads, head_dim]
 };
 
+// Per-head RMSNorm of q and k before RoPE (Qwen3's self_attn.q_norm / k_norm): each head's D
+// values x become x / sqrt(mean(x^2) + eps) * weight.
+struct QKNorm {
+  Tensor q_weight;  // [D] f32
+  Tensor k_weight;  // [D] f32
+  float eps = 1e-6f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -60,13 +68,16 @@ class Backend {
   // out = x @ weight^T (+ bias)
   virtual void linear(Tensor out /*[T, N]*/, Tensor x /*[T, K]*/, Tensor weight /*[N, K]*/,
                       const Tensor* bias /*[N] or null*/) = 0;
-  // Rotates q and k in place (neox style: pairs (i, i + D/2)) by the angles of their
-  // positions, then writes k and v into the paged cache at slot_mapping.
-  virtual void rope_and_cache(Tensor q /*[T, Hq, D]*/, Tensor k /*[T, Hk, D]*/,
-                              Tensor v /*[T, Hk, D]*/, Tensor cos_sin /*[max_pos, D] f32: cos
-                              in [:, :D/2], sin in [:, D/2:]*/
-                              ,
-                              const AttentionMetadata& meta, KVCacheLayer cache) = 0;
+  // Reads the fused projection output qkv (per token: Hq q heads, then Hk k heads, then Hk v
+  // heads, each of D elements); RMS-normalises every q and k head over D by qk_norm when given
+  // (Qwen3); rotates q and k (neox style: pairs (i, i + D/2)) by the angles of their positions;
+  // writes rotated q into q_out, and rotated k and raw v into the paged cache at slot_mapping
+  // (a negative slot: padding, not cached). cos_sin holds cos in [:, :D/2], sin in [:, D/2:].
+  // T = q_out.size(0), Hk = cache.k.size(2). q_out must not overlap qkv.
+  virtual void rope_and_cache(Tensor q_out /*[T, Hq, D]*/, Tensor qkv /*[T, (Hq + 2 Hk) * D]*/,
+                              const QKNorm* qk_norm /*null unless the model norms q/k heads*/,
+                              Tensor cos_sin /*[max_pos, D] f32*/, const AttentionMetadata& meta,
+                              KVCacheLayer cache) = 0;
   // Causal attention of each new token over its sequence's cached context (itself included),
   // GQA by head index (q head h reads kv head h / (Hq / Hk)); sliding window if given (keys at
   // positions > pos - window).

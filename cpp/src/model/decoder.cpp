@@ -16,9 +16,8 @@ struct Workspace {
   std::vector<Buffer> buffers;
   Tensor hidden;    // [max_T, H]: normed input of each block, then its output
   Tensor residual;  // [max_T, H]
-  Tensor q;         // [max_T, Hq * D]
-  Tensor k;         // [max_T, Hk * D]
-  Tensor v;         // [max_T, Hk * D]
+  Tensor qkv;       // [max_T, (Hq + 2 Hk) * D]: the fused q/k/v projection
+  Tensor q;         // [max_T, Hq * D]: normed and rotated q, attention's input
   Tensor attn_out;  // [max_T, Hq * D]
   Tensor gate_up;   // [max_T, 2I]
   Tensor mlp_act;   // [max_T, I]
@@ -85,9 +84,8 @@ void DecoderModel::allocate_workspace(int max_num_tokens, int max_num_logits) {
   ws.max_num_logits = max_num_logits;
   ws.hidden = allocate(dtype, {t, config_.hidden_size}, ws.buffers);
   ws.residual = allocate(dtype, {t, config_.hidden_size}, ws.buffers);
+  ws.qkv = allocate(dtype, {t, q_size + 2 * kv_size}, ws.buffers);
   ws.q = allocate(dtype, {t, q_size}, ws.buffers);
-  ws.k = allocate(dtype, {t, kv_size}, ws.buffers);
-  ws.v = allocate(dtype, {t, kv_size}, ws.buffers);
   ws.attn_out = allocate(dtype, {t, q_size}, ws.buffers);
   ws.gate_up =
       allocate(dtype, {t, 2 * static_cast<int64_t>(config_.intermediate_size)}, ws.buffers);
@@ -133,24 +131,13 @@ void DecoderModel::attention_block(int layer, int64_t num_tokens, const Attentio
   const DecoderLayerWeights& w = weights_.layers[layer];
   const int64_t t = num_tokens;
   const int64_t num_heads = config_.num_attention_heads;
-  const int64_t num_kv_heads = config_.num_key_value_heads;
   const int64_t head_dim = config_.head_dim;
   Tensor hidden = ws_.hidden.slice_rows(0, t);
-  Tensor q = ws_.q.slice_rows(0, t);
-  Tensor k = ws_.k.slice_rows(0, t);
-  Tensor v = ws_.v.slice_rows(0, t);
-  w.q_proj->apply(backend_, q, hidden);
-  w.k_proj->apply(backend_, k, hidden);
-  w.v_proj->apply(backend_, v, hidden);
-  if (w.q_norm) {
-    Tensor q_rows = q.view({t * num_heads, head_dim});
-    Tensor k_rows = k.view({t * num_kv_heads, head_dim});
-    backend_.rms_norm(q_rows, q_rows, *w.q_norm, config_.rms_norm_eps);
-    backend_.rms_norm(k_rows, k_rows, *w.k_norm, config_.rms_norm_eps);
-  }
-  Tensor q_heads = q.view({t, num_heads, head_dim});
-  backend_.rope_and_cache(q_heads, k.view({t, num_kv_heads, head_dim}),
-                          v.view({t, num_kv_heads, head_dim}), cos_sin_, meta, cache);
+  Tensor qkv = ws_.qkv.slice_rows(0, t);
+  w.qkv_proj->apply(backend_, qkv, hidden);
+  // Splits qkv, norms the q/k heads (Qwen3), rotates them, writes k/v to the cache, q to q_heads.
+  Tensor q_heads = ws_.q.slice_rows(0, t).view({t, num_heads, head_dim});
+  backend_.rope_and_cache(q_heads, qkv, w.qk_norm ? &*w.qk_norm : nullptr, cos_sin_, meta, cache);
   Tensor attn_out = ws_.attn_out.slice_rows(0, t);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   backend_.attention(attn_out.view({t, num_heads, head_dim}), q_heads, cache, meta, scale,

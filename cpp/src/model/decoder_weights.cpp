@@ -13,29 +13,49 @@ std::unique_ptr<LinearMethod> load_linear(WeightLoader& loader, const std::strin
   return std::make_unique<DenseLinear>(weight, bias);
 }
 
+std::vector<StackedPart> with_suffix(std::vector<StackedPart> parts, const std::string& suffix) {
+  for (StackedPart& part : parts) part.name += suffix;
+  return parts;
+}
+
+// One GEMM for q, k and v; rope_and_cache then splits the [T, (Hq + 2 Hk) * D] result.
+std::unique_ptr<LinearMethod> load_qkv(WeightLoader& loader, const ModelConfig& config,
+                                       const DecoderWeightNames& names, const std::string& prefix) {
+  const int64_t q_size = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
+  const int64_t kv_size = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
+  const std::vector<StackedPart> parts = {{prefix + names.q_proj, q_size},
+                                          {prefix + names.k_proj, kv_size},
+                                          {prefix + names.v_proj, kv_size}};
+  Tensor weight = loader.stacked_matrices(with_suffix(parts, ".weight"), config.hidden_size);
+  std::optional<Tensor> bias;
+  if (config.qkv_bias) bias = loader.stacked_fp32_vectors(with_suffix(parts, ".bias"));
+  return std::make_unique<DenseLinear>(weight, bias);
+}
+
+QKNorm load_qk_norm(WeightLoader& loader, const ModelConfig& config,
+                    const DecoderWeightNames& names, const std::string& prefix) {
+  return {loader.fp32_vector(prefix + names.q_norm, config.head_dim, kDummyNormWeight),
+          loader.fp32_vector(prefix + names.k_norm, config.head_dim, kDummyNormWeight),
+          config.rms_norm_eps};
+}
+
 DecoderLayerWeights load_layer(WeightLoader& loader, const ModelConfig& config,
                                const DecoderWeightNames& names, int layer) {
   const std::string prefix = names.layer_prefix + std::to_string(layer) + ".";
   const int64_t hidden = config.hidden_size;
   const int64_t q_size = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
-  const int64_t kv_size = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
   const int64_t intermediate = config.intermediate_size;
   DecoderLayerWeights w;
   w.input_norm = loader.fp32_vector(prefix + names.input_norm, hidden, kDummyNormWeight);
-  w.q_proj = load_linear(loader, prefix + names.q_proj, q_size, hidden, config.qkv_bias);
-  w.k_proj = load_linear(loader, prefix + names.k_proj, kv_size, hidden, config.qkv_bias);
-  w.v_proj = load_linear(loader, prefix + names.v_proj, kv_size, hidden, config.qkv_bias);
-  if (config.qk_norm) {
-    w.q_norm = loader.fp32_vector(prefix + names.q_norm, config.head_dim, kDummyNormWeight);
-    w.k_norm = loader.fp32_vector(prefix + names.k_norm, config.head_dim, kDummyNormWeight);
-  }
+  w.qkv_proj = load_qkv(loader, config, names, prefix);
+  if (config.qk_norm) w.qk_norm = load_qk_norm(loader, config, names, prefix);
   w.o_proj = load_linear(loader, prefix + names.o_proj, hidden, q_size, config.o_proj_bias);
   w.post_attention_norm =
       loader.fp32_vector(prefix + names.post_attention_norm, hidden, kDummyNormWeight);
   // One GEMM for both MLP inputs; silu_and_mul then splits the [T, 2I] result.
-  Tensor gate_up = loader.stacked_matrices(
-      {prefix + names.gate_proj + ".weight", prefix + names.up_proj + ".weight"},
-      {intermediate, hidden});
+  Tensor gate_up = loader.stacked_matrices({{prefix + names.gate_proj + ".weight", intermediate},
+                                            {prefix + names.up_proj + ".weight", intermediate}},
+                                           hidden);
   w.gate_up_proj = std::make_unique<DenseLinear>(gate_up, std::nullopt);
   w.down_proj = load_linear(loader, prefix + names.down_proj, hidden, intermediate, false);
   return w;

@@ -13,14 +13,13 @@
 namespace engine {
 
 struct DecoderLayerWeights {
-  Tensor input_norm;                           // [H] f32
-  Tensor post_attention_norm;                  // [H] f32
-  std::unique_ptr<LinearMethod> q_proj;        // [Hq * D, H]
-  std::unique_ptr<LinearMethod> k_proj;        // [Hk * D, H]
-  std::unique_ptr<LinearMethod> v_proj;        // [Hk * D, H]
+  Tensor input_norm;           // [H] f32
+  Tensor post_attention_norm;  // [H] f32
+  // [(Hq + 2 Hk) * D, H]: q_proj rows, then k_proj, then v_proj (biases likewise, Qwen2), so
+  // one GEMM serves all three (as vLLM's QKVParallelLinear); rope_and_cache splits its output.
+  std::unique_ptr<LinearMethod> qkv_proj;
   std::unique_ptr<LinearMethod> o_proj;        // [H, Hq * D]
-  std::optional<Tensor> q_norm;                // [D] f32 (Qwen3)
-  std::optional<Tensor> k_norm;                // [D] f32 (Qwen3)
+  std::optional<QKNorm> qk_norm;               // Qwen3: weights [D] f32, eps = rms_norm_eps
   std::unique_ptr<LinearMethod> gate_up_proj;  // [2I, H]: gate_proj rows, then up_proj rows
   std::unique_ptr<LinearMethod> down_proj;     // [H, I]
 };

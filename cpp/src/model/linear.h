@@ -29,6 +29,7 @@ class DenseLinear final : public LinearMethod {
     backend.linear(out, x, weight_, bias_ ? &*bias_ : nullptr);
   }
   const Tensor& weight() const { return weight_; }
+  const Tensor* bias() const { return bias_ ? &*bias_ : nullptr; }
 
  private:
   Tensor weight_;

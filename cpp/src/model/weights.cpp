@@ -161,22 +161,51 @@ Tensor WeightLoader::matrix(const std::string& name, const std::vector<int64_t>&
   return upload(host_values(name, shape, std::nullopt), dtype, shape);
 }
 
-Tensor WeightLoader::stacked_matrices(const std::vector<std::string>& names,
-                                      const std::vector<int64_t>& shape) {
-  std::vector<float> values;
-  std::optional<DType> dtype = forced_dtype_;
-  for (const std::string& name : names) {
-    if (!dtype) dtype = checked_checkpoint_tensor(name, shape).dtype;
-    std::vector<float> part = host_values(name, shape, std::nullopt);
-    values.insert(values.end(), part.begin(), part.end());
+void WeightLoader::fill(Tensor dst, const std::string& name) {
+  if (!is_dummy()) {
+    Tensor src = checked_checkpoint_tensor(name, dst.shape);
+    if (src.dtype == dst.dtype) {
+      backend_.copy_from_host(dst, src.data);
+      return;
+    }
   }
-  std::vector<int64_t> stacked_shape = {shape[0] * static_cast<int64_t>(names.size()), shape[1]};
-  return upload(values, *dtype, stacked_shape);
+  std::vector<uint8_t> bytes = encode(host_values(name, dst.shape, std::nullopt), dst.dtype);
+  backend_.copy_from_host(dst, bytes.data());
+}
+
+Tensor WeightLoader::stacked_matrices(const std::vector<StackedPart>& parts, int64_t num_cols) {
+  if (parts.empty()) throw std::logic_error("stacked_matrices: no parts");
+  int64_t num_rows = 0;
+  for (const StackedPart& part : parts) num_rows += part.num_rows;
+  const StackedPart& first = parts.front();
+  const DType dtype = forced_dtype_
+                          ? *forced_dtype_
+                          : checked_checkpoint_tensor(first.name, {first.num_rows, num_cols}).dtype;
+  Tensor stacked(nullptr, dtype, {num_rows, num_cols}, backend_.device_type());
+  Buffer buffer = backend_.allocate(stacked.nbytes());
+  stacked.data = buffer.data();
+  int64_t row = 0;
+  for (const StackedPart& part : parts) {
+    fill(stacked.slice_rows(row, row + part.num_rows), part.name);
+    row += part.num_rows;
+  }
+  buffers_.push_back(std::move(buffer));
+  return stacked;
 }
 
 Tensor WeightLoader::fp32_vector(const std::string& name, int64_t size,
                                  std::optional<float> dummy_value) {
   return upload(host_values(name, {size}, dummy_value), DType::kF32, {size});
+}
+
+Tensor WeightLoader::stacked_fp32_vectors(const std::vector<StackedPart>& parts) {
+  std::vector<float> values;
+  for (const StackedPart& part : parts) {
+    std::vector<float> part_values = host_values(part.name, {part.num_rows}, std::nullopt);
+    values.insert(values.end(), part_values.begin(), part_values.end());
+  }
+  const auto size = static_cast<int64_t>(values.size());
+  return upload(values, DType::kF32, {size});
 }
 
 WeightStorage WeightLoader::release() {

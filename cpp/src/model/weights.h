@@ -21,6 +21,12 @@ struct WeightStorage {
   std::vector<Buffer> buffers;
 };
 
+// One part of a stacked weight: the tensor's name and its rows (its length, for a vector).
+struct StackedPart {
+  std::string name;
+  int64_t num_rows = 0;
+};
+
 class WeightLoader {
  public:
   // Throws std::invalid_argument for an unknown dtype or load_format; std::runtime_error if
@@ -35,11 +41,17 @@ class WeightLoader {
   // when no conversion is needed. Throws std::runtime_error naming the tensor and both shapes
   // when the checkpoint's shape differs.
   Tensor matrix(const std::string& name, const std::vector<int64_t>& shape);
-  // Matrices of the same shape stacked along rows (gate_proj then up_proj):
-  // [num_names * shape[0], shape[1]].
-  Tensor stacked_matrices(const std::vector<std::string>& names, const std::vector<int64_t>& shape);
+  // Matrices of num_cols columns stacked along rows in the order given (q, k, v; gate, up):
+  // [sum of num_rows, num_cols], in the load dtype of the first. One buffer of their own, even
+  // on the CPU; each part is copied in as it is read, with no fp32 detour when its dtype is
+  // kept. Each part is read, or generated from its own name, exactly as matrix() would, so
+  // dummy values do not depend on the stacking.
+  Tensor stacked_matrices(const std::vector<StackedPart>& parts, int64_t num_cols);
   // An fp32 vector (norm weight, bias); dummy values are `dummy_value` if given, else random.
   Tensor fp32_vector(const std::string& name, int64_t size, std::optional<float> dummy_value);
+  // fp32 vectors concatenated in the order given (q, k, v biases): [sum of num_rows]. Dummy
+  // values are random, each part's from its own name as fp32_vector's.
+  Tensor stacked_fp32_vectors(const std::vector<StackedPart>& parts);
 
   WeightStorage release();
 
@@ -49,6 +61,8 @@ class WeightLoader {
                                  std::optional<float> dummy_value);
   Tensor checked_checkpoint_tensor(const std::string& name, const std::vector<int64_t>& shape);
   Tensor upload(const std::vector<float>& values, DType dtype, std::vector<int64_t> shape);
+  // Writes tensor `name` (dst's shape) into dst, converting to dst's dtype where needed.
+  void fill(Tensor dst, const std::string& name);
   DType target_dtype(DType checkpoint_dtype) const;
 
   Backend& backend_;

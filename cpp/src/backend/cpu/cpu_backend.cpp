@@ -57,12 +57,12 @@ void CpuBackend::linear(Tensor out, Tensor x, Tensor weight, const Tensor* bias)
   cpu::linear(out, x, weight, bias);
 }
 
-void CpuBackend::rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor cos_sin,
+void CpuBackend::rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_sin,
                                 const AttentionMetadata& meta, KVCacheLayer cache) {
   use_threads();
   // positions and slot_mapping may be sized for the runner's largest step: use the first T.
-  const int64_t num_tokens = q.dim() > 0 ? q.size(0) : 0;
-  cpu::rope_and_cache(q, k, v, cos_sin, meta.positions.slice_rows(0, num_tokens),
+  const int64_t num_tokens = q_out.dim() > 0 ? q_out.size(0) : 0;
+  cpu::rope_and_cache(q_out, qkv, qk_norm, cos_sin, meta.positions.slice_rows(0, num_tokens),
                       meta.slot_mapping.slice_rows(0, num_tokens), cache.k, cache.v);
 }
 

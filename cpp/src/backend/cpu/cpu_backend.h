@@ -23,8 +23,8 @@ class CpuBackend final : public Backend {
   void rms_norm(Tensor out, Tensor x, Tensor weight, float eps) override;
   void add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) override;
   void linear(Tensor out, Tensor x, Tensor weight, const Tensor* bias) override;
-  void rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor cos_sin, const AttentionMetadata& meta,
-                      KVCacheLayer cache) override;
+  void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_sin,
+                      const AttentionMetadata& meta, KVCacheLayer cache) override;
   void attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,
                  float scale, std::optional<int> sliding_window) override;
   void silu_and_mul(Tensor out, Tensor x) override;
