@@ -1,5 +1,6 @@
 #include "backend/cuda_backend.h"
 
+#include <chrono>
 #include <stdexcept>
 
 #include "activation/activation.h"
@@ -36,11 +37,11 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::use_device() const { EMBER_CUDA_CHECK(cudaSetDevice(device_)); }
 
-std::optional<size_t> CudaBackend::free_memory() const {
+std::optional<DeviceMemory> CudaBackend::memory_info() const {
   use_device();
-  size_t free_bytes = 0, total_bytes = 0;
-  EMBER_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  return free_bytes;
+  DeviceMemory memory;
+  EMBER_CUDA_CHECK(cudaMemGetInfo(&memory.free_bytes, &memory.total_bytes));
+  return memory;
 }
 
 Buffer CudaBackend::allocate(size_t nbytes) {
@@ -63,6 +64,18 @@ Buffer CudaBackend::allocate(size_t nbytes) {
   });
 }
 
+Buffer CudaBackend::allocate_host(size_t nbytes) {
+  use_device();
+  void* data = nullptr;
+  if (nbytes > 0) EMBER_CUDA_CHECK(cudaMallocHost(&data, nbytes));
+  return Buffer(data, nbytes, [](void* p) { cudaFreeHost(p); });
+}
+
+void CudaBackend::copy_from_host_async(Tensor dst, const void* src) {
+  use_device();
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+}
+
 void CudaBackend::copy_from_host(Tensor dst, const void* src) {
   use_device();
   // Pageable sources are staged before this returns, so the caller may reuse them at once.
@@ -72,12 +85,52 @@ void CudaBackend::copy_from_host(Tensor dst, const void* src) {
 void CudaBackend::copy_to_host(void* dst, Tensor src) {
   use_device();
   EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
-  EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  synchronize();
 }
 
 void CudaBackend::synchronize() {
   use_device();
+  const auto start = std::chrono::steady_clock::now();
   EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  device_wait_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+namespace {
+
+class CudaGraph final : public CapturedGraph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  void replay() override { EMBER_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<CapturedGraph> CudaBackend::capture(const std::function<void()>& enqueue) {
+  use_device();
+  // NOTE: thread-local mode, so another thread's unrelated CUDA calls do not break the capture;
+  // enqueue itself must not allocate, synchronize or copy from pageable memory.
+  EMBER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    enqueue();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  EMBER_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  EMBER_CUDA_CHECK(status);
+  return std::make_unique<CudaGraph>(exec, stream_);
 }
 
 void CudaBackend::embedding(Tensor out, Tensor table, Tensor ids) {
@@ -131,9 +184,13 @@ class CudaLogitsSampler final : public LogitsSampler {
   CudaLogitsSampler(CudaBackend& backend, int max_rows, int vocab_size)
       : backend_(backend), sampler_(max_rows, vocab_size) {}
 
-  std::vector<SampleResult> sample(const Tensor& logits,
-                                   const std::vector<SamplingRow>& rows) override {
-    return sampler_.sample(logits, rows, backend_.stream());
+  void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) override {
+    sampler_.launch(logits, rows, backend_.stream());
+  }
+
+  std::vector<SampleResult> collect() override {
+    backend_.synchronize();  // counted as device wait
+    return sampler_.collect();
   }
 
  private:

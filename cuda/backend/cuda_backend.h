@@ -23,12 +23,17 @@ class CudaBackend final : public Backend {
   const char* name() const override { return name_.c_str(); }
   DType compute_dtype() const override { return compute_dtype_; }
   cudaStream_t stream() const { return stream_; }
-  std::optional<size_t> free_memory() const override;
+  std::optional<DeviceMemory> memory_info() const override;
 
   Buffer allocate(size_t nbytes) override;
+  Buffer allocate_host(size_t nbytes) override;  // page-locked
   void copy_from_host(Tensor dst, const void* src) override;
+  void copy_from_host_async(Tensor dst, const void* src) override;
   void copy_to_host(void* dst, Tensor src) override;
   void synchronize() override;
+  double device_wait_seconds() const override { return device_wait_seconds_; }
+  bool supports_graphs() const override { return true; }
+  std::unique_ptr<CapturedGraph> capture(const std::function<void()>& enqueue) override;
 
   void embedding(Tensor out, Tensor table, Tensor ids) override;
   void rms_norm(Tensor out, Tensor x, Tensor weight, float eps) override;
@@ -51,6 +56,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
+  double device_wait_seconds_ = 0.0;
 };
 
 }  // namespace engine::cuda

@@ -7,6 +7,7 @@
 // dtype); weights may be fp32, bf16 or fp16 and are converted inside the kernel. Every
 // Tensor is contiguous and row-major. T = tokens in the step, B = sequences in the step.
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -41,6 +42,20 @@ struct QKNorm {
   float eps = 1e-6f;
 };
 
+// Device memory now, for sizing the KV cache.
+struct DeviceMemory {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
+
+// A recorded sequence of device work (a CUDA graph) that replays with the same pointers and
+// launch shapes; the inputs it reads are refreshed in place between replays.
+class CapturedGraph {
+ public:
+  virtual ~CapturedGraph() = default;
+  virtual void replay() = 0;  // enqueued on the backend's stream, does not wait
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -50,11 +65,24 @@ class Backend {
   virtual DType compute_dtype() const = 0;
 
   virtual Buffer allocate(size_t nbytes) = 0;
+  // Host memory the device copies from without staging (page-locked on a GPU), for inputs
+  // rebuilt every step.
+  virtual Buffer allocate_host(size_t nbytes) { return allocate(nbytes); }
   virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.nbytes() bytes
+  // Enqueues the copy and returns at once: src (from allocate_host) must stay unchanged until
+  // the next synchronize(). Synchronous where the backend has no queue.
+  virtual void copy_from_host_async(Tensor dst, const void* src) { copy_from_host(dst, src); }
   virtual void copy_to_host(void* dst, Tensor src) = 0;
+  // Waits for all enqueued work; the time spent blocked adds to device_wait_seconds().
   virtual void synchronize() {}
-  // Free device memory now, for sizing the KV cache; nothing on the CPU (sized by config).
-  virtual std::optional<size_t> free_memory() const { return std::nullopt; }
+  virtual double device_wait_seconds() const { return 0.0; }
+  // Free and total device memory, for sizing the KV cache; nothing on the CPU (sized by config).
+  virtual std::optional<DeviceMemory> memory_info() const { return std::nullopt; }
+
+  // CUDA graphs: record what `enqueue` puts on the stream into a graph instead of running it.
+  // Everything enqueue touches must stay allocated, at the same addresses, while the graph lives.
+  virtual bool supports_graphs() const { return false; }
+  virtual std::unique_ptr<CapturedGraph> capture(const std::function<void()>& enqueue);
 
   // out[t, :] = table[ids[t], :]
   virtual void embedding(Tensor out /*[T, H]*/, Tensor table /*[V, H]*/,
