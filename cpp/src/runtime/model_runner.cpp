@@ -160,7 +160,9 @@ void ModelRunner::capture_decode_graphs() {
     write_padding_rows(host, 0, size, plan.shape.block_table_width);
     const DeviceStepArrays device = inputs_.upload();
     backend_.synchronize();
-    graphs_.add(size, backend_.capture([&] { run_forward(plan, device, kv_cache_); }),
+    // The recorded work owns copies of its plan and views (a backend may replay the callable).
+    graphs_.add(size,
+                backend_.capture([this, plan, device] { run_forward(plan, device, kv_cache_); }),
                 device.input_ids.data);
   }
 }
