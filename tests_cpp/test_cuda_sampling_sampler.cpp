@@ -2,15 +2,18 @@
 // setting, the same token for the same rows and draws, logprobs within 1e-4 and equal ranks.
 // Logits are made distinct, so a mismatch can only come from a tie that the penalties or the
 // temperature create; such a token is accepted when the CPU's processed logit for it equals
-// the CPU's own pick (equal probability). Also: reproducible across batch positions, input left
-// unchanged, and one timing line for batch 64 at vocab 128,256.
+// the CPU's own pick (equal probability). Rows with a logit_bias are mixed with rows without.
+// Also: reproducible across batch positions, input left unchanged, and one timing line for
+// batch 64 at vocab 128,256.
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -57,6 +60,7 @@ struct Setting {
   SamplingParams params;
   bool penalties_history = false;  // give the rows prompt and output ids
   bool masked = false;
+  bool logit_bias = false;  // give every other row its own params with a logit_bias
 };
 
 SamplingParams make_params(float temperature, int top_k, float top_p, float min_p) {
@@ -86,20 +90,40 @@ std::vector<Setting> settings() {
   out.push_back({"penalties_greedy", penalised_greedy, true});
   out.push_back({"masked", make_params(1.0f, 0, 1.0f, 0.0f), false, true});
   out.push_back({"masked_greedy", make_params(0.0f, 0, 1.0f, 0.0f), false, true});
+  // Biased rows mixed with unbiased ones; in a greedy batch the unbiased rows alone would take
+  // the argmax fast path.
+  out.push_back({"bias", make_params(0.9f, 40, 0.9f, 0.0f), false, true, true});
+  out.push_back({"bias_greedy", make_params(0.0f, 0, 1.0f, 0.0f), false, false, true});
+  out.push_back({"bias_penalties", penalised, true, false, true});
   return out;
 }
 
-// Rows own their token ids; SamplingRow holds spans into them.
+// Rows own their token ids and, when biased, their params; SamplingRow points into them.
 struct Batch {
   std::vector<std::vector<int>> prompts, outputs;
+  std::vector<SamplingParams> row_params;  // sized once, so the rows' pointers stay valid
   std::vector<SamplingRow> rows;
 };
+
+// A bias on the row's best token (-100 or a small push down), a push up for a random token that
+// often makes it the pick, and a few random biases over the whole range.
+std::map<int, float> random_logit_bias(const float* row, int vocab_size, std::mt19937& rng) {
+  std::uniform_int_distribution<int> id(0, vocab_size - 1);
+  std::uniform_real_distribution<float> any(-100.0f, 100.0f), push(4.0f, 12.0f);
+  std::map<int, float> bias;
+  for (int j = 0; j < 3; ++j) bias[id(rng)] = any(rng);
+  bias[id(rng)] = push(rng);
+  const int best = static_cast<int>(std::max_element(row, row + vocab_size) - row);
+  bias[best] = rng() % 2 ? -100.0f : -push(rng) / 4.0f;
+  return bias;
+}
 
 Batch make_batch(int num_rows, int vocab_size, const Setting& s, const SamplingParams& params,
                  const std::vector<float>& logits, std::mt19937& rng) {
   Batch b;
   b.prompts.resize(num_rows);
   b.outputs.resize(num_rows);
+  b.row_params.assign(num_rows, params);
   std::uniform_int_distribution<int> id(0, vocab_size - 1);
   std::uniform_int_distribution<int> length(0, 40);
   for (int r = 0; r < num_rows; ++r) {
@@ -117,6 +141,11 @@ Batch make_batch(int num_rows, int vocab_size, const Setting& s, const SamplingP
   for (int r = 0; r < num_rows; ++r) {
     SamplingRow row;
     row.params = &params;
+    if (s.logit_bias && r % 2 == (num_rows > 1 ? 1 : 0)) {
+      const float* x = logits.data() + static_cast<size_t>(r) * vocab_size;
+      b.row_params[r].logit_bias = random_logit_bias(x, vocab_size, rng);
+      row.params = &b.row_params[r];
+    }
     row.prompt_token_ids = b.prompts[r];
     row.output_token_ids = b.outputs[r];
     row.seed = rng();

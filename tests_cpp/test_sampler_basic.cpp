@@ -1,5 +1,5 @@
-// Sampler: greedy, masks, penalties and logprobs against hand-computed values and a naive
-// log_softmax; uniform_draw's range and uniformity.
+// Sampler: greedy, masks, logit_bias, penalties and logprobs against hand-computed values and
+// a naive log_softmax; uniform_draw's range and uniformity.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -228,6 +228,127 @@ TEST(SamplerLogprobs, AbsentWhenNotAsked) {
   EXPECT_FALSE(sample_one(logits, greedy_params()).logprobs.has_value());
 }
 
+TEST(SamplerLogitBias, LargeBiasForcesATokenUnderGreedy) {
+  const std::vector<float> raw = random_logits(1000, 21);
+  const int weakest = static_cast<int>(std::min_element(raw.begin(), raw.end()) - raw.begin());
+  SamplingParams p = greedy_params();
+  p.logit_bias = {{weakest, 100.0f}, {3, -2.5f}};
+  std::vector<float> logits = raw;
+  EXPECT_EQ(sample_one(logits, p).token_id, weakest);
+  EXPECT_EQ(logits[weakest], raw[weakest] + 100.0f);
+  EXPECT_EQ(logits[3], raw[3] - 2.5f);
+  for (int i = 0; i < 1000; ++i) {
+    if (i != weakest && i != 3) ASSERT_EQ(logits[i], raw[i]) << "token " << i;
+  }
+}
+
+TEST(SamplerLogitBias, LargeBiasForcesATokenUnderSampling) {
+  const std::vector<float> raw = random_logits(1000, 22);
+  const std::vector<int> zeros(300, 0);
+  SamplingParams p;
+  p.temperature = 1.5f;
+  p.logit_bias = {{617, 100.0f}};
+  for (size_t counter = 0; counter < 300; ++counter) {
+    std::vector<float> logits = raw;
+    ASSERT_EQ(sample_one(logits, p, {}, std::span(zeros).first(counter), 5).token_id, 617)
+        << "counter " << counter;
+  }
+}
+
+TEST(SamplerLogitBias, MinusHundredExcludesAToken) {
+  // Token 1 would take most of the mass; biased by -100 it is 95 nats below the rest, where
+  // its weight is exactly 0.
+  const std::vector<float> base = {0.0f, 5.0f, 0.5f, -0.5f};
+  const std::vector<int> zeros(4000, 0);
+  SamplingParams p;
+  p.logit_bias = {{1, -100.0f}};
+  std::set<int> drawn;
+  for (size_t counter = 0; counter < 4000; ++counter) {
+    std::vector<float> logits = base;
+    const int token = sample_one(logits, p, {}, std::span(zeros).first(counter), 3).token_id;
+    ASSERT_NE(token, 1) << "counter " << counter;
+    drawn.insert(token);
+  }
+  EXPECT_EQ(drawn, (std::set<int>{0, 2, 3}));
+  std::vector<float> logits = base;
+  SamplingParams g = greedy_params();
+  g.logit_bias = p.logit_bias;
+  EXPECT_EQ(sample_one(logits, g).token_id, 2);
+}
+
+TEST(SamplerLogitBias, AppliesBeforeTopK) {
+  // Without the bias top_k = 1 would keep token 0; the bias makes token 4 the only survivor.
+  const std::vector<float> base = {4.0f, 3.0f, 2.0f, 1.0f, 0.0f};
+  const std::vector<int> zeros(500, 0);
+  SamplingParams p;
+  p.top_k = 1;
+  p.logit_bias = {{4, 10.0f}};
+  SamplingParams q;
+  q.top_k = 2;
+  q.logit_bias = {{0, -10.0f}};  // top_k now keeps tokens 1 and 2
+  std::set<int> drawn_p, drawn_q;
+  for (size_t counter = 0; counter < 500; ++counter) {
+    std::vector<float> a = base, b = base;
+    drawn_p.insert(sample_one(a, p, {}, std::span(zeros).first(counter), 8).token_id);
+    drawn_q.insert(sample_one(b, q, {}, std::span(zeros).first(counter), 8).token_id);
+  }
+  EXPECT_EQ(drawn_p, (std::set<int>{4}));
+  EXPECT_EQ(drawn_q, (std::set<int>{1, 2}));
+}
+
+TEST(SamplerLogitBias, AppliesBeforeTopP) {
+  // Unbiased, token 0 holds 0.71 of the mass and top_p = 0.5 keeps it alone. Biased, token 3
+  // holds 0.96 of it, so the nucleus is token 3 alone.
+  const std::vector<float> base = {2.0f, 0.0f, 0.0f, 0.0f};
+  const std::vector<int> zeros(500, 0);
+  SamplingParams p;
+  p.top_p = 0.5f;
+  p.logit_bias = {{3, 5.5f}};
+  std::set<int> drawn;
+  for (size_t counter = 0; counter < 500; ++counter) {
+    std::vector<float> logits = base;
+    drawn.insert(sample_one(logits, p, {}, std::span(zeros).first(counter), 4).token_id);
+  }
+  EXPECT_EQ(drawn, (std::set<int>{3}));
+}
+
+TEST(SamplerLogitBias, AppliesAfterMasksAndBeforePenalties) {
+  std::vector<float> logits = {1.0f, -1.0f, 0.0f, 0.2f, 7.0f};
+  const std::vector<int> output = {0, 1, 1};
+  SamplingParams p = greedy_params();
+  p.repetition_penalty = 2.0f;
+  p.frequency_penalty = 0.25f;
+  p.logit_bias = {{0, 1.0f}, {1, 0.5f}, {4, 100.0f}};
+  // Token 4 is masked: its +100 bias leaves it at -inf.
+  EXPECT_EQ(sample_one(logits, p, {}, output, 0, {4}).token_id, 0);
+  // Biased first: (1 + 1) / 2 - 0.25; (-1 + 0.5) * 2 - 0.5. Penalised first would give 1.25
+  // and -2.0.
+  EXPECT_FLOAT_EQ(logits[0], 0.75f);
+  EXPECT_FLOAT_EQ(logits[1], -1.5f);
+  EXPECT_EQ(logits[4], -INFINITY);
+}
+
+TEST(SamplerLogitBias, ChangesNeitherTheLogprobsNorOtherRows) {
+  // Logprobs come from the raw logits (vLLM's default raw_logprobs); the sampled token's rank
+  // shows where the bias moved it from.
+  const std::vector<float> raw = {3.0f, 2.0f, 1.0f, 0.0f};
+  SamplingParams biased = greedy_params();
+  biased.logprobs = 2;
+  biased.logit_bias = {{3, 50.0f}};
+  SamplingParams plain = greedy_params();
+  std::vector<float> logits(raw);
+  logits.insert(logits.end(), raw.begin(), raw.end());
+  SamplingRow a, b;
+  a.params = &biased;
+  b.params = &plain;
+  const auto results = Sampler().sample(logits.data(), 4, {a, b});
+  EXPECT_EQ(results[0].token_id, 3);
+  ASSERT_TRUE(results[0].logprobs.has_value());
+  EXPECT_EQ(results[0].logprobs->rank, 4);
+  expect_logprobs_match(raw, *results[0].logprobs, 2);
+  EXPECT_EQ(results[1].token_id, 0);
+}
+
 TEST(SamplerErrors, RejectsOutOfRangeTokenIdsAndMissingParams) {
   std::vector<float> logits(10, 0.0f);
   SamplingParams p;
@@ -237,6 +358,14 @@ TEST(SamplerErrors, RejectsOutOfRangeTokenIdsAndMissingParams) {
   EXPECT_THROW(sample_one(logits, p, bad), std::out_of_range);
   SamplingRow row;
   EXPECT_THROW(Sampler().sample(logits.data(), 10, {row}), std::invalid_argument);
+  SamplingParams biased;
+  biased.logit_bias = {{10, 1.0f}};
+  try {
+    sample_one(logits, biased);
+    ADD_FAILURE() << "no error for a logit_bias id outside the vocabulary";
+  } catch (const std::out_of_range& error) {
+    EXPECT_STREQ(error.what(), "sampler row 0: logit_bias token id 10 is outside [0, 10)");
+  }
 }
 
 TEST(UniformDraw, IsDeterministicAndInRange) {

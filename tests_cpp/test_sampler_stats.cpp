@@ -1,6 +1,6 @@
 // Sampler statistics: the drawn distribution against softmax(logits / T), the top-k / top-p /
-// min-p kept sets against a naive full sort, seeded reproducibility whatever the batch, and the
-// time per row at the real vocabulary size.
+// min-p kept sets (with logit_bias added first) against a naive full sort, seeded reproducibility
+// whatever the batch, and the time per row at the real vocabulary size.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -88,10 +88,13 @@ Reference reference_filter(const std::vector<float>& logits, const SamplingParam
   return ref;
 }
 
-// Every draw inside the reference set, every kept token drawn, frequencies close.
+// Every draw inside the reference set, every kept token drawn, frequencies close. The
+// reference sees the logits with p.logit_bias added, as the definition says.
 void expect_draws_follow_reference(const std::vector<float>& logits, const SamplingParams& p,
                                    int num_draws, double tolerance) {
-  const Reference ref = reference_filter(logits, p);
+  std::vector<float> biased = logits;
+  for (const auto& [id, bias] : p.logit_bias) biased[id] += bias;
+  const Reference ref = reference_filter(biased, p);
   ASSERT_GT(ref.margin, 1e-4) << "test logits put the top_p boundary too close to call";
   const std::map<int, double> freq = draw_frequencies(logits, p, 2024, num_draws);
   for (const auto& [token, f] : freq) EXPECT_TRUE(ref.probs.count(token)) << "drew " << token;
@@ -146,6 +149,22 @@ TEST(SamplerFilters, AllThreeComposeInVllmOrder) {
   p.top_p = 0.8f;
   p.temperature = 1.3f;
   expect_draws_follow_reference(random_logits(300, 4, 1.0f), p, 8000, 0.025);
+}
+
+// The bias moves tokens into and out of the kept set: the weakest token becomes the most
+// likely, the strongest drops out of the top 12.
+TEST(SamplerFilters, LogitBiasAppliesBeforeTemperatureAndFilters) {
+  const std::vector<float> logits = random_logits(300, 6, 1.0f);
+  const auto [weakest, strongest] = std::minmax_element(logits.begin(), logits.end());
+  SamplingParams p;
+  p.temperature = 0.9f;
+  p.top_k = 12;
+  p.top_p = 0.8f;
+  p.logit_bias = {{static_cast<int>(weakest - logits.begin()), 7.0f},
+                  {static_cast<int>(strongest - logits.begin()), -6.0f},
+                  {17, 1.5f},
+                  {42, -0.75f}};
+  expect_draws_follow_reference(logits, p, 8000, 0.025);
 }
 
 // A flat row: almost every token passes the first cut-off, so the nucleus selection works on

@@ -42,6 +42,9 @@ void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
     }
     const SamplingParams& p = *row.params;
     check_token_ids(row.masked_token_ids, vocab_size, r, "masked");
+    for (const auto& entry : p.logit_bias) {
+      check_token_ids(std::span(&entry.first, 1), vocab_size, r, "logit_bias");
+    }
     if (p.repetition_penalty != 1.0f)
       check_token_ids(row.prompt_token_ids, vocab_size, r, "prompt");
     if (has_penalties(p)) check_token_ids(row.output_token_ids, vocab_size, r, "output");
@@ -58,12 +61,13 @@ bool all_plain_greedy(const std::vector<SamplingRow>& rows) {
   return std::all_of(rows.begin(), rows.end(), [](const SamplingRow& row) {
     const SamplingParams& p = *row.params;
     return p.is_greedy() && !has_penalties(p) && !p.logprobs.has_value() &&
-           row.masked_token_ids.empty();
+           row.masked_token_ids.empty() && p.logit_bias.empty();
   });
 }
 
-// Appends the row's token ids to `tokens` and fills its RowArgs as the CPU sampler would
-// decide: the same top_k_on, any_filter, 1 / temperature and uniform draw.
+// Appends the row's token ids (and its logit_bias as id, bias-bits pairs) to `tokens` and fills
+// its RowArgs as the CPU sampler would decide: the same top_k_on, any_filter, 1 / temperature and
+// uniform draw.
 RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& tokens,
                       int& num_top) {
   const SamplingParams& p = *row.params;
@@ -78,6 +82,12 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
   append(repetition ? row.prompt_token_ids : std::span<const int>{}, a.prompt_begin, a.prompt_end);
   append(has_penalties(p) ? row.output_token_ids : std::span<const int>{}, a.output_begin,
          a.output_end);
+  a.bias_begin = static_cast<int>(tokens.size());
+  for (const auto& [id, bias] : p.logit_bias) {
+    tokens.push_back(id);
+    tokens.push_back(std::bit_cast<int>(bias));
+  }
+  a.bias_end = static_cast<int>(tokens.size());
   a.repetition_penalty = p.repetition_penalty;
   a.frequency_penalty = p.frequency_penalty;
   a.presence_penalty = p.presence_penalty;
@@ -87,7 +97,9 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
   a.min_floor = std::max(std::max(p.min_p, 0.0f), std::numeric_limits<float>::denorm_min());
   const bool any_filter = p.min_p > 0.0f || top_k_on || p.top_p < 1.0f;
   a.flags = (p.is_greedy() ? sampling::kGreedy : 0) | (any_filter ? sampling::kAnyFilter : 0) |
-            (has_penalties(p) || !row.masked_token_ids.empty() ? sampling::kNeedsCopy : 0);
+            (has_penalties(p) || !row.masked_token_ids.empty() || !p.logit_bias.empty()
+                 ? sampling::kNeedsCopy
+                 : 0);
   if (!p.is_greedy()) {
     a.inv_temperature = 1.0f / p.temperature;
     a.u = uniform_draw(row.seed, row.output_token_ids.size());

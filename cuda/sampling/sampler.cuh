@@ -31,7 +31,8 @@ struct RowArgs {
   int masked_begin, masked_end;  // ranges in the uploaded token-id buffer
   int prompt_begin, prompt_end;
   int output_begin, output_end;
-  int top_offset;  // first of this row's num_logprobs slots in the top-entry arrays
+  int bias_begin, bias_end;  // logit_bias as (token id, bias bits) pairs: two ints per entry
+  int top_offset;            // first of this row's num_logprobs slots in the top-entry arrays
 };
 
 struct RowResult {
@@ -103,13 +104,21 @@ __device__ inline int block_argmax(const float* x, int vocab_size, uint64_t* scr
 
 // ---- masks and penalties (the CPU's apply_masks_and_penalties) ------------------------------
 
-// x is a copy of the row's logits. marks is zero on entry and on return.
+// x is a copy of the row's logits. marks is zero on entry and on return. The CPU's order:
+// masks, logit_bias, then the penalties.
 __device__ inline void apply_masks_and_penalties(float* x, int* marks, const RowArgs& a,
                                                  const int* tokens) {
   for (int j = a.masked_begin + threadIdx.x; j < a.masked_end; j += kThreads) {
     x[tokens[j]] = -INFINITY;
   }
   __syncthreads();
+  if (a.bias_begin < a.bias_end) {
+    // The ids are distinct (a map on the host), so no two threads add to one logit.
+    for (int j = a.bias_begin + 2 * threadIdx.x; j < a.bias_end; j += 2 * kThreads) {
+      x[tokens[j]] += __int_as_float(tokens[j + 1]);
+    }
+    __syncthreads();
+  }
   if (a.repetition_penalty != 1.0f) {
     // Each distinct id of prompt and output once: the first thread to mark it applies it.
     for (int j = a.prompt_begin + threadIdx.x; j < a.output_end; j += kThreads) {
@@ -580,7 +589,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(
     const float* __restrict__ logits,  // [num_rows, vocab_size]
     int vocab_size,
     const RowArgs* __restrict__ args,  // [num_rows]
-    const int* __restrict__ tokens,    // masked, prompt and output ids of every row
+    const int* __restrict__ tokens,    // masked, prompt and output ids, bias pairs of every row
     Workspace ws,
     double scale,                     // 2^shift of the fixed-point masses
     RowResult* __restrict__ results,  // [num_rows]
@@ -611,7 +620,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(
   }
 }
 
-// The greedy fast path: every row greedy, without masks, penalties or logprobs.
+// The greedy fast path: every row greedy, without masks, logit_bias, penalties or logprobs.
 __global__ void __launch_bounds__(kThreads)
     argmax_rows_kernel(const float* __restrict__ logits,  // [num_rows, vocab_size]
                        int vocab_size,

@@ -1,8 +1,8 @@
 #pragma once
-// GpuSampler: the CPU Sampler's semantics (cpp/src/runtime/sampler.h) on device logits. Penalties,
-// masks, temperature, top-k / top-p / min-p, the seeded draw and raw-logit logprobs run on the
-// GPU, one CTA per row; only the sampled ids and the asked logprobs come back to the host, in
-// one small device-to-host copy per call. Kernels in sampler.cuh.
+// GpuSampler: the CPU Sampler's semantics (cpp/src/runtime/sampler.h) on device logits. Masks,
+// logit_bias, penalties, temperature, top-k / top-p / min-p, the seeded draw and raw-logit
+// logprobs run on the GPU, one CTA per row; only the sampled ids and the asked logprobs come back
+// to the host, in one small device-to-host copy per call. Kernels in sampler.cuh.
 
 #include <cuda_runtime.h>
 

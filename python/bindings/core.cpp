@@ -39,6 +39,7 @@ void bind_params(py::module_& m) {
       .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
       .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
       .def_readwrite("seed", &SamplingParams::seed)
+      .def_readwrite("logit_bias", &SamplingParams::logit_bias)
       .def_readwrite("stop_token_ids", &SamplingParams::stop_token_ids)
       .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
       .def_readwrite("max_tokens", &SamplingParams::max_tokens)

@@ -3,6 +3,7 @@
 // are matched on detokenized text by the Python layer, which aborts the request on a match.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -18,6 +19,10 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   float repetition_penalty = 1.0f;  // > 0; 1 is off
   std::optional<uint64_t> seed;     // reproducible whatever the batch around the request
+  // OpenAI's logit_bias: token id -> bias in [-100, 100], added to that token's logit after
+  // the masks and before the penalties, temperature and filters (vLLM's order), so greedy
+  // requests honour it too. A map: one bias per id, in id order.
+  std::map<int, float> logit_bias;
   std::vector<int> stop_token_ids;  // finish (reason "stop") after sampling one of these
   bool ignore_eos = false;
   int max_tokens = 16;          // >= 1
@@ -27,6 +32,7 @@ struct SamplingParams {
 
   static constexpr float kGreedyTemperature = 1e-5f;
   static constexpr int kMaxLogprobs = 20;
+  static constexpr float kMaxLogitBias = 100.0f;
 
   bool is_greedy() const { return temperature < kGreedyTemperature; }
 

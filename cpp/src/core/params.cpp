@@ -65,6 +65,12 @@ void SamplingParams::validate() const {
   for (int token_id : stop_token_ids) {
     if (token_id < 0) fail("stop_token_ids", token_id, "non-negative token ids");
   }
+  // The upper bound on ids needs the vocabulary: Engine::Impl::validate_request checks it.
+  for (const auto& [token_id, bias] : logit_bias) {
+    if (token_id < 0) fail("logit_bias token id", token_id, "a non-negative token id");
+    const std::string field = "logit_bias[" + std::to_string(token_id) + "]";
+    check_range(field.c_str(), bias, -kMaxLogitBias, kMaxLogitBias, "a number in [-100, 100]");
+  }
 }
 
 void EngineConfig::validate() const {

@@ -216,6 +216,12 @@ void Engine::Impl::validate_request(const std::vector<int>& prompt,
                                   " is outside the vocabulary " + vocab);
     }
   }
+  for (const auto& entry : params.logit_bias) {
+    if (entry.first >= info_.vocab_size) {
+      throw std::invalid_argument("logit_bias token id " + std::to_string(entry.first) +
+                                  " is outside the vocabulary " + vocab);
+    }
+  }
 }
 
 std::vector<std::unique_ptr<Request>> Engine::Impl::make_samples(const std::string& request_id,

@@ -124,6 +124,9 @@ void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
     }
     const SamplingParams& p = *row.params;
     check_token_ids(row.masked_token_ids, vocab_size, r, "masked");
+    for (const auto& entry : p.logit_bias) {
+      check_token_ids(std::span(&entry.first, 1), vocab_size, r, "logit_bias");
+    }
     const bool output_penalties = p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
     if (p.repetition_penalty != 1.0f) {
       check_token_ids(row.prompt_token_ids, vocab_size, r, "prompt");
@@ -162,9 +165,12 @@ void apply_output_penalties(float* logits, const SamplingRow& row, float frequen
   }
 }
 
+// vLLM's order: masks, then logit_bias, then the penalties (so the repetition penalty divides
+// or multiplies the biased logit). A masked token stays at -inf whatever its bias.
 void apply_masks_and_penalties(float* logits, const SamplingRow& row, Scratch& scratch) {
   const SamplingParams& p = *row.params;
   for (int id : row.masked_token_ids) logits[id] = kNegInf;
+  for (const auto& [id, bias] : p.logit_bias) logits[id] += bias;
   if (p.repetition_penalty != 1.0f) {
     apply_repetition_penalty(logits, row, p.repetition_penalty, scratch);
   }

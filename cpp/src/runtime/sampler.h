@@ -1,6 +1,6 @@
 #pragma once
-// Sampler: penalties, temperature, top-k / top-p / min-p, counter-based per-request RNG and
-// logprobs, on host fp32 logits. One row per sequence that samples this step.
+// Sampler: masks, logit_bias, penalties, temperature, top-k / top-p / min-p, counter-based
+// per-request RNG and logprobs, on host fp32 logits. One row per sequence that samples this step.
 
 #include <cstdint>
 #include <optional>
@@ -28,9 +28,10 @@ struct SampleResult {
 class Sampler {
  public:
   // logits: [rows.size(), vocab_size] row-major fp32, modified in place: on return each row
-  // holds the logits it was sampled from (masked, penalised and, unless greedy, divided by the
-  // temperature). Rows are independent: a row's token depends only on its logits, its params,
-  // its tokens and (seed, output index), never on the other rows of the batch.
+  // holds the logits it was sampled from (masked, biased by params->logit_bias, penalised and,
+  // unless greedy, divided by the temperature). Rows are independent: a row's token depends
+  // only on its logits, its params, its tokens and (seed, output index), never on the other
+  // rows of the batch.
   std::vector<SampleResult> sample(float* logits, int vocab_size,
                                    const std::vector<SamplingRow>& rows) const;
 };
