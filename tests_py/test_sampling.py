@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from conftest import cpu_engine
 from ember import SamplingParams
@@ -250,3 +251,52 @@ def test_sampled_logprobs_match_reference(engine, checkpoint, hf_model, prompts,
             e[t].logprob for t, e in zip(completion.token_ids, completion.logprobs, strict=True)
         )
         assert completion.cumulative_logprob == pytest.approx(chosen, abs=1e-3)
+
+
+# ----- logit_bias -----------------------------------------------------------------------------
+
+
+def test_greedy_logit_bias_matches_reference(engine, checkpoint, hf_model, prompts):
+    """Each greedy token is the argmax of the reference's logprobs plus the bias (a constant
+    shift of a row leaves its argmax where the logits' argmax is)."""
+    tokenizer = load_hf_tokenizer(checkpoint)
+    prompt = prompts[1]
+    plain = tokens_of(run(engine, [prompt], sample(temperature=0.0)))[0]
+    # plain[0] last: should an id repeat, its -100 is the one kept.
+    bias = {17: 2.5, 30: -1.5, plain[5]: 3.0, plain[3]: -4.0, plain[0]: -100.0}
+    biased = tokens_of(run(engine, [prompt], sample(temperature=0.0, logit_bias=bias)))[0]
+    assert biased[0] != plain[0] and plain[0] not in biased, biased
+    reference = hf_teacher_forced_logprobs(hf_model(checkpoint), encode(tokenizer, prompt), biased)
+    shift = torch.zeros(reference.shape[1], dtype=reference.dtype)
+    for token_id, value in bias.items():
+        shift[token_id] = value
+    for step, token in enumerate(biased):
+        row = reference[step] + shift
+        # Near ties (float noise between implementations) may go either way.
+        assert float(row[token]) >= float(row.max()) - 1e-4, f"step {step}: {token}"
+
+
+def test_logit_bias_forces_and_excludes_tokens_only_in_its_own_rows(engine, prompts):
+    greedy = sample(temperature=0.0)
+    plain = tokens_of(run(engine, prompts[:3], greedy))
+    forced_id = next(t for t in range(5, 400) if all(t not in p for p in plain))
+    forced = sample(temperature=0.0, logit_bias={forced_id: 100.0})
+    sampled = sample(seed=4, logit_bias={forced_id: 100.0})
+    banned = sample(seed=4, logit_bias={t: -100.0 for t in plain[2]})
+    outputs = tokens_of(
+        run(engine, prompts[:3] + prompts[2:3] * 2, [greedy, forced, greedy, sampled, banned])
+    )
+    assert outputs[0] == plain[0] and outputs[2] == plain[2]
+    assert outputs[1] == [forced_id] * 16
+    assert outputs[3] == [forced_id] * 16
+    assert not set(outputs[4]) & set(plain[2]), outputs[4]
+
+
+def test_logit_bias_outside_the_vocabulary_is_rejected(engine, prompts):
+    vocab_size = engine.model_info.vocab_size
+    with pytest.raises(ValueError) as info:
+        run(engine, [prompts[0]], sample(logit_bias={3: 1.0, vocab_size: 1.0}))
+    assert str(info.value) == (
+        f"prompt 0: logit_bias token id {vocab_size} is outside the vocabulary [0, {vocab_size})"
+    )
+    assert not engine.core.has_unfinished_requests()

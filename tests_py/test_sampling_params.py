@@ -81,3 +81,57 @@ def test_changed_field_is_caught_by_validate():
     params.max_tokens = 0
     with pytest.raises(ValueError, match="max_tokens"):
         params.validate()
+
+
+@needs_core
+def test_logit_bias_is_normalized_and_reaches_the_core():
+    params = SamplingParams(logit_bias={5: 2, 7: -100.0, 0: 100})
+    assert params.logit_bias == {0: 100.0, 5: 2.0, 7: -100.0}
+    assert all(type(v) is float for v in params.logit_bias.values())
+    assert params.to_core().logit_bias == {0: 100.0, 5: 2.0, 7: -100.0}
+    assert SamplingParams().logit_bias == {}
+    assert SamplingParams(logit_bias=None).to_core().logit_bias == {}
+
+
+@needs_core
+@pytest.mark.parametrize(
+    ("logit_bias", "shown"),
+    [
+        ([(1, 2.0)], "list"),
+        ({"5": 1.0}, "'5'"),
+        ({True: 1.0}, "True"),
+        ({1.0: 1.0}, "1.0"),
+        ({-1: 1.0}, "-1"),
+        ({2**31: 1.0}, str(2**31)),
+        ({3: "big"}, "'big'"),
+        ({3: None}, "None"),
+        ({3: 100.5}, "100.5"),
+        ({3: -101}, "-101"),
+        ({3: float("nan")}, "nan"),
+        ({3: float("inf")}, "inf"),
+    ],
+)
+def test_invalid_logit_bias_names_field_and_value(logit_bias, shown):
+    with pytest.raises(ValueError, match="logit_bias") as info:
+        SamplingParams(logit_bias=logit_bias)
+    assert shown in str(info.value)
+
+
+@needs_core
+def test_logit_bias_range_message_names_the_token_and_the_range():
+    with pytest.raises(ValueError) as info:
+        SamplingParams(logit_bias={42: 250.0})
+    assert str(info.value) == "logit_bias[42] must be a number in [-100, 100], got 250.0"
+
+
+@needs_core
+def test_changed_logit_bias_is_caught_by_validate_and_to_core():
+    params = SamplingParams()
+    params.logit_bias = {1: 500}
+    with pytest.raises(ValueError, match=r"logit_bias\[1\]"):
+        params.validate()
+    # The core checks the range itself too.
+    core = SamplingParams().to_core()
+    core.logit_bias = {1: 500.0}
+    with pytest.raises(ValueError, match=r"logit_bias\[1\] must be a number in \[-100, 100\]"):
+        core.validate()
