@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ember
 from ember import bench as bench_command
-from ember import bench_throughput
+from ember import bench_serve, bench_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_throughput.add_throughput_flags(throughput)
     add_model_flags(throughput)
     throughput.set_defaults(run=bench_throughput.run_throughput)
+    serve_bench = bench_kinds.add_parser(
+        "serve", help="load generator against an OpenAI-compatible server"
+    )
+    bench_serve.add_serve_flags(serve_bench)
+    serve_bench.set_defaults(run=bench_serve.run_serve)
     return parser
 
 
