@@ -255,6 +255,7 @@ void Engine::Impl::add_request(const std::string& request_id, const std::vector<
   group->request_id = request_id;
   group->params = params;
   group->finished.assign(params.n, false);
+  group->num_prompt_tokens = static_cast<int>(prompt.size());
   std::lock_guard<std::mutex> lock(inbox_mutex_);
   if (live_ids_.count(request_id)) {
     throw std::invalid_argument("request id '" + request_id + "' is already in use");

@@ -46,6 +46,8 @@ class Engine::Impl {
     std::vector<std::unique_ptr<Request>> held;  // samples waiting for the prompt's KV
     std::vector<bool> finished;
     int num_cached_tokens = -1;
+    int num_prompt_tokens = 0;
+    bool has_output_tokens = false;  // its prompt is counted in num_prompt_tokens
   };
   struct Abort {
     std::string request_id;
@@ -89,6 +91,9 @@ class Engine::Impl {
     int64_t num_steps = 0;
     double step_seconds = 0.0, device_wait_seconds = 0.0;
   } timing_;
+  struct TokenCounts {
+    int64_t num_prompt_tokens = 0, num_generation_tokens = 0;
+  } token_counts_;
 };
 
 }  // namespace engine

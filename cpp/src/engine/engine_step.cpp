@@ -45,6 +45,11 @@ void Engine::Impl::record_update(const SequenceUpdate& update, StepOutputs& outp
                               update.new_token_ids.end());
   completion.logprobs.insert(completion.logprobs.end(), update.new_logprobs.begin(),
                              update.new_logprobs.end());
+  if (!update.new_token_ids.empty()) {
+    token_counts_.num_generation_tokens += static_cast<int64_t>(update.new_token_ids.size());
+    if (!group->has_output_tokens) token_counts_.num_prompt_tokens += group->num_prompt_tokens;
+    group->has_output_tokens = true;
+  }
   if (update.finish_reason) {
     completion.finish_reason = update.finish_reason;
     completion.stop_token_id = update.stop_token_id;
@@ -227,7 +232,9 @@ EngineStats Engine::Impl::stats() const {
                      s.num_prefix_cache_hits,
                      timing_.num_steps,
                      timing_.step_seconds,
-                     timing_.device_wait_seconds};
+                     timing_.device_wait_seconds,
+                     token_counts_.num_prompt_tokens,
+                     token_counts_.num_generation_tokens};
 }
 
 // The public class forwards to Impl, keeping libengine's ABI free of internal types.
