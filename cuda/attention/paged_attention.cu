@@ -6,27 +6,31 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_decode.cuh"
+#include "attention/paged_prefill.cuh"
+#include "attention/paged_prefill_sm90.cuh"
 #include "common/cuda_check.h"
 
 namespace engine::cuda {
 namespace {
 
-using attention::kKeysPerTile;
-using attention::kMaxRows;
 using attention::kThreads;
 using attention::kWarps;
 using attention::PagedAttentionParams;
+using attention::prefill::PrefillParams;
 
 // Flash-decoding limits: a split below ~256 keys costs more in partial writes and the combine
 // than it gains in parallelism; 64 splits fill 132 SMs even for one sequence and one kv head.
+// Splits start at multiples of kSplitAlign keys.
 constexpr int kMinKeysPerSplit = 256;
 constexpr int kMaxSplits = 64;
+constexpr int kSplitAlign = 32;
 constexpr int kMaxDevices = 64;
 
 [[noreturn]] void fail(const std::string& what) {
@@ -60,7 +64,7 @@ void check_size(const char* name, const Tensor& t, int dim, int64_t expected, co
 }
 
 void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                  const AttentionMetadata& meta, std::optional<int> sliding_window) {
+                  const AttentionMetadata& meta, float scale, std::optional<int> sliding_window) {
   check_rank("q", q, 3);
   check_rank("out", out, 3);
   check_rank("k_cache", k_cache, 4);
@@ -103,12 +107,25 @@ void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, con
                          {"meta.seq_lens", &meta.seq_lens},
                          {"meta.block_table", &meta.block_table}})
     check_on_device(name, *t);
+  // 16-byte copies of q rows, cache rows and output rows.
+  for (auto [name, t] :
+       {std::pair{"out", &out}, {"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
+    if (reinterpret_cast<uintptr_t>(t->data) % 16 != 0) {
+      fail(std::string(name) + " must be 16-byte aligned but its data pointer is " +
+           std::to_string(reinterpret_cast<uintptr_t>(t->data)));
+    }
+  }
   if (meta.max_query_len < 0 || meta.max_seq_len < 0) {
     fail("meta.max_query_len " + std::to_string(meta.max_query_len) + " and max_seq_len " +
          std::to_string(meta.max_seq_len) + " must be >= 0");
   }
   if (sliding_window && *sliding_window <= 0) {
     fail("sliding_window is " + std::to_string(*sliding_window) + " but must be > 0");
+  }
+  // The prefill kernel tracks each row's max of raw scores, which is the max of scaled scores
+  // only for a positive scale.
+  if (!(scale > 0.0f) || !std::isfinite(scale)) {
+    fail("scale is " + std::to_string(scale) + " but must be positive and finite");
   }
 }
 
@@ -147,33 +164,8 @@ float* split_scratch(size_t num_floats) {
 }
 
 struct LaunchShape {
-  int heads_per_cta, num_head_chunks, queries_per_tile, num_query_tiles, num_splits, keys_per_split;
+  int num_head_chunks, num_splits, keys_per_split;
 };
-
-LaunchShape plan_launch(int64_t num_q_heads, int64_t num_kv_heads, const AttentionMetadata& meta) {
-  LaunchShape s{};
-  const int group = static_cast<int>(num_q_heads / num_kv_heads);
-  s.heads_per_cta = std::min(group, kMaxRows);
-  s.num_head_chunks = (group + s.heads_per_cta - 1) / s.heads_per_cta;
-  s.queries_per_tile = std::max(1, std::min(kMaxRows / s.heads_per_cta, meta.max_query_len));
-  s.num_query_tiles = (meta.max_query_len + s.queries_per_tile - 1) / s.queries_per_tile;
-  s.num_splits = 1;
-  s.keys_per_split = 1 << 30;  // one split covers any context
-  // Flash-decoding only for pure decode batches, so the scratch is bounded by B * Hq rows.
-  const int64_t num_ctas = int64_t(meta.num_seqs) * num_kv_heads * s.num_head_chunks;
-  const int num_sms = multiprocessor_count();
-  if (meta.max_query_len == 1 && num_ctas < num_sms && meta.max_seq_len >= 2 * kMinKeysPerSplit) {
-    const int64_t wanted = (2 * int64_t(num_sms) + num_ctas - 1) / num_ctas;
-    const int64_t by_length = meta.max_seq_len / kMinKeysPerSplit;
-    const int splits = static_cast<int>(std::min<int64_t>({wanted, by_length, kMaxSplits}));
-    if (splits > 1) {
-      const int per_split = (meta.max_seq_len + splits - 1) / splits;
-      s.keys_per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
-      s.num_splits = (meta.max_seq_len + s.keys_per_split - 1) / s.keys_per_split;
-    }
-  }
-  return s;
-}
 
 // Pure decode batches (max_query_len == 1): one CTA per (sequence, kv head, head chunk, split)
 // of decode::paged_decode_kernel, split only when the batch leaves most CTA slots empty.
@@ -181,10 +173,7 @@ LaunchShape plan_decode_launch(int64_t num_q_heads, int64_t num_kv_heads, int he
                                const AttentionMetadata& meta) {
   LaunchShape s{};
   const int group = static_cast<int>(num_q_heads / num_kv_heads);
-  s.heads_per_cta = heads_per_cta;
   s.num_head_chunks = (group + heads_per_cta - 1) / heads_per_cta;
-  s.queries_per_tile = 1;
-  s.num_query_tiles = 1;
   s.num_splits = 1;
   s.keys_per_split = 1 << 30;
   const int64_t num_ctas = int64_t(meta.num_seqs) * num_kv_heads * s.num_head_chunks;
@@ -195,7 +184,7 @@ LaunchShape plan_decode_launch(int64_t num_q_heads, int64_t num_kv_heads, int he
   const int splits = static_cast<int>(std::min<int64_t>({wanted, by_length, kMaxSplits}));
   if (splits > 1) {
     const int per_split = (meta.max_seq_len + splits - 1) / splits;
-    s.keys_per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
+    s.keys_per_split = (per_split + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
     s.num_splits = (meta.max_seq_len + s.keys_per_split - 1) / s.keys_per_split;
   }
   return s;
@@ -216,18 +205,16 @@ void launch_decode(const PagedAttentionParams<T>& p, dim3 grid, cudaStream_t str
       <<<grid, attention::decode::kThreads, 0, stream>>>(p);
 }
 
+// Pure decode batches: decode::paged_decode_kernel, then the merge when the context is split.
 template <typename T, int kHeadDim>
-void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-            const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-            cudaStream_t stream) {
+void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+                cudaStream_t stream) {
   const int64_t num_tokens = q.size(0), num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
   const int group = static_cast<int>(num_q_heads / num_kv_heads);
   // Decode CTAs carry 1, 2 or 4 heads: more would cost registers that occupancy needs.
   const int decode_heads = group == 1 ? 1 : group == 2 ? 2 : 4;
-  const bool decode = meta.max_query_len == 1;
-  const LaunchShape shape = decode
-                                ? plan_decode_launch(num_q_heads, num_kv_heads, decode_heads, meta)
-                                : plan_launch(num_q_heads, num_kv_heads, meta);
+  const LaunchShape shape = plan_decode_launch(num_q_heads, num_kv_heads, decode_heads, meta);
   PagedAttentionParams<T> p{};
   p.out = out.ptr<T>();
   p.q = q.ptr<const T>();
@@ -241,10 +228,7 @@ void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Ten
   p.num_kv_heads = static_cast<int>(num_kv_heads);
   p.block_size = static_cast<int>(k_cache.size(1));
   p.max_blocks_per_seq = meta.max_blocks_per_seq;
-  p.heads_per_cta = shape.heads_per_cta;
   p.num_head_chunks = shape.num_head_chunks;
-  p.queries_per_tile = shape.queries_per_tile;
-  p.num_query_tiles = shape.num_query_tiles;
   p.keys_per_split = shape.keys_per_split;
   p.has_window = sliding_window.has_value();
   p.window = sliding_window.value_or(0);
@@ -256,17 +240,13 @@ void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Ten
     p.partial_max = scratch + size_t(shape.num_splits) * num_rows * kHeadDim;
     p.partial_sum = p.partial_max + size_t(shape.num_splits) * num_rows;
   }
-  const int64_t grid_x = int64_t(meta.num_seqs) * shape.num_query_tiles;
   const int64_t grid_y = num_kv_heads * shape.num_head_chunks;
-  if (grid_x >= (int64_t{1} << 31) || grid_y > 65535) {
-    fail("launch grid " + std::to_string(grid_x) + " x " + std::to_string(grid_y) +
-         " exceeds CUDA's limits");
+  if (grid_y > 65535) {
+    fail("decode launch grid y " + std::to_string(grid_y) + " exceeds CUDA's limit of 65535");
   }
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+  const dim3 grid(static_cast<unsigned>(meta.num_seqs), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(shape.num_splits));
-  if (!decode) {
-    attention::paged_attention_kernel<T, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
-  } else if (decode_heads == 1) {
+  if (decode_heads == 1) {
     launch_decode<T, kHeadDim, 1>(p, grid, stream);
   } else if (decode_heads == 2) {
     launch_decode<T, kHeadDim, 2>(p, grid, stream);
@@ -283,14 +263,122 @@ void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Ten
   }
 }
 
+// Raises a kernel's dynamic shared-memory limit (past the 48 KB a launch gets by default) once
+// per device and instantiation, with the carveout preference that lets its CTAs share an SM.
+template <typename Kernel>
+void configure_once(std::array<std::once_flag, kMaxDevices>& configured, Kernel* kernel,
+                    size_t shared_bytes) {
+  int device = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= kMaxDevices) fail("device index " + std::to_string(device) + " >= 64");
+  std::call_once(configured[device], [kernel, shared_bytes] {
+    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          cudaSharedmemCarveoutMaxShared));
+  });
+}
+
+// Whether the current device runs the wgmma kernel: a Hopper (sm_90) device, and this build
+// holds sm_90a code (attention::sm90::kWgmmaCompiled, read from the device once per device).
+bool wgmma_available() {
+  static std::array<std::once_flag, kMaxDevices> read;
+  static std::array<bool, kMaxDevices> available{};
+  int device = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= kMaxDevices) fail("device index " + std::to_string(device) + " >= 64");
+  std::call_once(read[device], [device] {
+    int major = 0;
+    EMBER_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    int compiled = 0;
+    if (major == 9) {
+      EMBER_CUDA_CHECK(
+          cudaMemcpyFromSymbol(&compiled, attention::sm90::kWgmmaCompiled, sizeof(compiled)));
+    }
+    available[device] = compiled == 1;
+  });
+  return available[device];
+}
+
+// Batches with a prefill chunk: one CTA of prefill::paged_prefill_kernel (mma.sync) or
+// prefill_sm90::paged_prefill_wgmma_kernel per (query tile rank, sequence, kv head, head chunk);
+// both carry kBlockM = 128 rows, so they share the plan.
+template <typename T, int kHeadDim>
+void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                 const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+                 PrefillKernel which, cudaStream_t stream) {
+  namespace prefill = attention::prefill;
+  namespace prefill_sm90 = attention::prefill_sm90;
+  const int64_t num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
+  const int group = static_cast<int>(num_q_heads / num_kv_heads);
+  PrefillParams<T> p{};
+  p.out = out.ptr<T>();
+  p.q = q.ptr<const T>();
+  p.k_cache = k_cache.ptr<const T>();
+  p.v_cache = v_cache.ptr<const T>();
+  p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
+  p.seq_lens = meta.seq_lens.ptr<const int32_t>();
+  p.block_table = meta.block_table.ptr<const int32_t>();
+  p.num_seqs = meta.num_seqs;
+  p.num_q_heads = static_cast<int>(num_q_heads);
+  p.num_kv_heads = static_cast<int>(num_kv_heads);
+  p.block_size = static_cast<int>(k_cache.size(1));
+  p.max_blocks_per_seq = meta.max_blocks_per_seq;
+  p.heads_per_cta = std::min(group, prefill::kBlockM);
+  p.num_head_chunks = (group + p.heads_per_cta - 1) / p.heads_per_cta;
+  p.queries_per_tile = prefill::kBlockM / p.heads_per_cta;
+  p.has_window = sliding_window.has_value();
+  // A window past 2^30 positions excludes nothing a context can hold.
+  p.window = std::min(sliding_window.value_or(0), 1 << 30);
+  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
+  const int64_t num_ranks = (meta.max_query_len + p.queries_per_tile - 1) / p.queries_per_tile;
+  const int64_t num_ctas = num_ranks * meta.num_seqs * num_kv_heads * p.num_head_chunks;
+  if (num_ctas >= (int64_t{1} << 31)) {
+    fail("prefill launch of " + std::to_string(num_ctas) + " CTAs exceeds CUDA's grid limit");
+  }
+  // NOTE: kAuto stays on mma.sync until the wgmma kernel has passed the tests on a GPU.
+  constexpr bool kAutoPicksWgmma = false;
+  const bool wgmma = which == PrefillKernel::kWgmma ||
+                     (kAutoPicksWgmma && which == PrefillKernel::kAuto && wgmma_available());
+  if (which == PrefillKernel::kWgmma && !wgmma_available()) {
+    fail("PrefillKernel::kWgmma needs an sm_90 device and a build with sm_90a code");
+  }
+  if (wgmma) {
+    constexpr size_t kSharedBytes = prefill_sm90::Sm90Layout<T, kHeadDim>::kDynamicBytes;
+    auto* kernel = prefill_sm90::paged_prefill_wgmma_kernel<T, kHeadDim>;
+    static std::array<std::once_flag, kMaxDevices> configured;
+    configure_once(configured, kernel, kSharedBytes);
+    kernel<<<static_cast<unsigned>(num_ctas), prefill_sm90::kThreads, kSharedBytes, stream>>>(p);
+  } else {
+    constexpr size_t kSharedBytes = sizeof(prefill::PrefillShared<T, kHeadDim>);
+    auto* kernel = prefill::paged_prefill_kernel<T, kHeadDim>;
+    static std::array<std::once_flag, kMaxDevices> configured;
+    configure_once(configured, kernel, kSharedBytes);
+    kernel<<<static_cast<unsigned>(num_ctas), prefill::kThreads, kSharedBytes, stream>>>(p);
+  }
+  EMBER_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int kHeadDim>
+void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+            const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+            PrefillKernel which, cudaStream_t stream) {
+  if (meta.max_query_len == 1) {
+    run_decode<T, kHeadDim>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+  } else {
+    run_prefill<T, kHeadDim>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
+  }
+}
+
 template <typename T>
 void launch_for_head_dim(const Tensor& out, const Tensor& q, const Tensor& k_cache,
                          const Tensor& v_cache, const AttentionMetadata& meta, float scale,
-                         std::optional<int> sliding_window, cudaStream_t stream) {
+                         std::optional<int> sliding_window, PrefillKernel which,
+                         cudaStream_t stream) {
   if (q.size(2) == 64) {
-    launch<T, 64>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+    launch<T, 64>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
   } else {
-    launch<T, 128>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+    launch<T, 128>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
   }
 }
 
@@ -298,14 +386,15 @@ void launch_for_head_dim(const Tensor& out, const Tensor& q, const Tensor& k_cac
 
 void paged_attention(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache,
                      const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-                     cudaStream_t stream) {
-  check_inputs(out, q, k_cache, v_cache, meta, sliding_window);
+                     cudaStream_t stream, PrefillKernel prefill_kernel) {
+  check_inputs(out, q, k_cache, v_cache, meta, scale, sliding_window);
   if (q.size(0) == 0 || meta.num_seqs == 0 || meta.max_query_len == 0) return;
   if (q.dtype == DType::kBF16) {
     launch_for_head_dim<__nv_bfloat16>(out, q, k_cache, v_cache, meta, scale, sliding_window,
-                                       stream);
+                                       prefill_kernel, stream);
   } else {
-    launch_for_head_dim<__half>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+    launch_for_head_dim<__half>(out, q, k_cache, v_cache, meta, scale, sliding_window,
+                                prefill_kernel, stream);
   }
 }
 

@@ -12,7 +12,7 @@
 // Scores reduce across the key's lanes with shuffles; each warp keeps its own online softmax (max,
 // sum, out) in fp32, and the warps' states merge at the end.
 //
-// NOTE: like paged_attention_kernel it trusts the device metadata, and never reads a cache slot
+// NOTE: like the prefill kernel it trusts the device metadata, and never reads a cache slot
 // at or past seq_len.
 
 #include "attention/paged_attention.cuh"
