@@ -1,11 +1,13 @@
 // ember._core: the pybind11 bindings of libengine's public API (cpp/include/engine/).
-// std::invalid_argument surfaces as ValueError, other std::exceptions as RuntimeError. The GIL
-// is released while the core loads a model or steps, so other Python threads keep running.
+// std::invalid_argument surfaces as ValueError, EngineDeadError as ember._core.EngineDeadError (a
+// RuntimeError), other std::exceptions as RuntimeError. The GIL is released while the core loads
+// a model, steps, or waits for EngineLoop's outputs, so other Python threads keep running.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "engine/engine.h"
+#include "engine/engine_loop.h"
 
 namespace py = pybind11;
 using namespace engine;
@@ -107,7 +109,9 @@ void bind_outputs(py::module_& m) {
       .def_readonly("num_prefix_cache_hits", &EngineStats::num_prefix_cache_hits)
       .def_readonly("num_steps", &EngineStats::num_steps)
       .def_readonly("step_seconds", &EngineStats::step_seconds)
-      .def_readonly("device_wait_seconds", &EngineStats::device_wait_seconds);
+      .def_readonly("device_wait_seconds", &EngineStats::device_wait_seconds)
+      .def_readonly("num_prompt_tokens", &EngineStats::num_prompt_tokens)
+      .def_readonly("num_generation_tokens", &EngineStats::num_generation_tokens);
 }
 
 void bind_engine(py::module_& m) {
@@ -133,6 +137,37 @@ void bind_engine(py::module_& m) {
       .def("stats", &Engine::stats);
 }
 
+void bind_engine_loop(py::module_& m) {
+  py::register_exception<EngineDeadError>(m, "EngineDeadError", PyExc_RuntimeError);
+  using Seconds = std::chrono::duration<double>;
+  py::class_<EngineLoop>(m, "EngineLoop")
+      .def(py::init<const EngineConfig&>(), py::arg("config"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("add_request", &EngineLoop::add_request, py::arg("request_id"),
+           py::arg("prompt_token_ids"), py::arg("params"))
+      .def("validate_request", &EngineLoop::validate_request, py::arg("prompt_token_ids"),
+           py::arg("params"))
+      .def("abort", &EngineLoop::abort, py::arg("request_id"), py::arg("sample_index") = py::none())
+      .def(
+          "wait_outputs",
+          [](EngineLoop& loop, std::optional<double> timeout) {
+            std::optional<Seconds> wait;
+            if (timeout) wait = Seconds(*timeout);
+            py::gil_scoped_release release;
+            return loop.wait_outputs(wait);
+          },
+          py::arg("timeout") = py::none(),
+          "Every queued output (per request, merged); blocks up to `timeout` seconds (None: "
+          "until there is one or the loop stops). Raises EngineDeadError once the loop died.")
+      .def("is_alive", &EngineLoop::is_alive)
+      .def_property_readonly("error", &EngineLoop::error)
+      .def("shutdown", &EngineLoop::shutdown, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("model_info", &EngineLoop::model_info)
+      .def("stats", &EngineLoop::stats)
+      .def("num_unfinished_requests", &EngineLoop::num_unfinished_requests)
+      .def("fail_next_step", &EngineLoop::fail_next_step, py::arg("message"));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -141,5 +176,6 @@ PYBIND11_MODULE(_core, m) {
   bind_params(m);
   bind_outputs(m);
   bind_engine(m);
+  bind_engine_loop(m);
   m.def("supported_architectures", &engine::supported_architectures);
 }

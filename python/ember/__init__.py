@@ -18,10 +18,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _LAZY_EXPORTS = {
     "Engine": "ember.engine",
     "LLM": "ember.engine",
+    "AsyncEngine": "ember.async_engine",
+    "EngineDeadError": "ember.async_engine",
     "SamplingParams": "ember.sampling_params",
     "RequestOutput": "ember.outputs",
     "CompletionOutput": "ember.outputs",
     "Logprob": "ember.outputs",
+    "RequestMetrics": "ember.outputs",
     "resolve_model": "ember.model_resolver",
 }
 

@@ -16,15 +16,9 @@ from ember.request_tracker import RequestTracker
 from ember.sampling_params import SamplingParams
 
 
-class Engine:
-    """An LLM engine; `ember.LLM` is the same class, so vLLM code ports by changing the import.
-
-    model: None (the embedded default model, SmolLM2-135M-Instruct), a checkpoint directory, a
-    .gguf file or a Hugging Face id already in the local cache. Nothing is downloaded.
-    skip_tokenizer_init=True loads no tokenizer: prompts must be token ids and outputs carry
-    token ids with empty text. The other arguments are the core's EngineConfig fields; a bad
-    value raises ValueError naming it.
-    """
+class _EngineBase:
+    """What Engine and AsyncEngine share: the constructor (model, tokenizer, the core's config),
+    prompt checks, tokenization and chat templates. A subclass starts its core in _start()."""
 
     def __init__(
         self,
@@ -70,12 +64,12 @@ class Engine:
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
         )
-        self._core = _core.Engine(config)
-        self._request_ids = itertools.count()
-        # Requests still running, by id: step() outputs are routed here, so generate() and
-        # open stream() generators can share the core.
-        self._live: dict[str, RequestTracker] = {}
         self._decode_token = lru_cache(maxsize=65536)(self._decode_one_token)
+        self._start(config)
+
+    def _start(self, config) -> None:
+        """Creates self._core from the validated `_core.EngineConfig`."""
+        raise NotImplementedError
 
     # ----- properties -------------------------------------------------------------------------
 
@@ -89,12 +83,154 @@ class Engine:
         return self._core.model_info
 
     @property
-    def core(self):
-        """The C++ engine (`ember._core.Engine`): token ids only; for benchmarks and tests."""
-        return self._core
+    def max_model_len(self) -> int:
+        return self._core.model_info.max_model_len
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer, or None with skip_tokenizer_init=True."""
+        return self._tokenizer
 
     def get_tokenizer(self):
         return self._tokenizer
+
+    # ----- text -------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`, as a text prompt is tokenized (with the tokenizer's special
+        tokens, such as BOS). Text from apply_chat_template already holds them: encode it with
+        add_special_tokens=False, or pass chat_prompt()'s dict as the prompt."""
+        return list(
+            self._require_tokenizer("encode")(text, add_special_tokens=add_special_tokens).input_ids
+        )
+
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """One conversation (a list of {"role", "content"}) as prompt text, through the
+        tokenizer's chat template or `chat_template` (a Jinja template string)."""
+        tokenizer = self._require_tokenizer("chat")
+        if chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"the tokenizer of {self._model_dir} has no chat template; "
+                "pass chat_template=... (a Jinja template string)"
+            )
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+        )
+
+    def chat_prompt(
+        self,
+        conversation: list[dict],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> dict:
+        """A conversation as a prompt dict: the templated text and its token ids (the template
+        already holds the special tokens, so none are added)."""
+        text = self.apply_chat_template(conversation, chat_template, add_generation_prompt)
+        token_ids = self.encode(text, add_special_tokens=False)
+        return {"prompt": text, "prompt_token_ids": token_ids}
+
+    # ----- request checks ---------------------------------------------------------------------
+
+    def _prepare(self, prompts, sampling_params) -> list[tuple[str | None, list[int], object]]:
+        """Validates every prompt and its params; returns (text, token ids, params) triples."""
+        parsed = parse_prompts(prompts)
+        params = _params_per_prompt(sampling_params, len(parsed))
+        requests = []
+        for index, (text, token_ids) in enumerate(parsed):
+            if token_ids is None:
+                token_ids = self._tokenize(index, text)
+            try:  # the core's own checks, made before anything is added
+                self._validate_in_core(token_ids, params[index])
+            except ValueError as error:
+                raise ValueError(f"prompt {index}: {error}") from None
+            requests.append((text, token_ids, params[index]))
+        return requests
+
+    def _prepare_one(self, prompt, sampling_params) -> tuple[str | None, list[int], object]:
+        """One prompt and its params, validated; errors carry the core's messages unprefixed."""
+        parsed = parse_prompts(prompt)
+        if len(parsed) != 1:
+            raise ValueError(f"expected one prompt, got a list of {len(parsed)}")
+        text, token_ids = parsed[0]
+        params = SamplingParams() if sampling_params is None else sampling_params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(
+                f"sampling_params must be a SamplingParams, got {type(params).__name__}"
+            )
+        params.validate()  # fields may have been changed since construction
+        if token_ids is None:
+            token_ids = self._tokenize(None, text)
+        self._validate_in_core(token_ids, params)
+        return text, token_ids, params
+
+    def _validate_in_core(self, token_ids: list[int], params: SamplingParams) -> None:
+        try:
+            self._core.validate_request(token_ids, params.to_core())
+        except TypeError:
+            # pybind11 refuses ids that do not fit the core's 32-bit int before the core sees
+            # them: name the first one as the core names any id outside the vocabulary.
+            vocab = f"[0, {self._core.model_info.vocab_size})"
+            for position, token_id in enumerate(token_ids):
+                if not -(2**31) <= token_id < 2**31:
+                    raise ValueError(
+                        f"prompt token id {token_id} at position {position} is outside the "
+                        f"vocabulary {vocab}"
+                    ) from None
+            raise
+
+    def _tokenize(self, index: int | None, text: str) -> list[int]:
+        name = "prompt" if index is None else f"prompt {index}"
+        # NOTE: checked before tokenizing, since a tokenizer that adds BOS would turn "" into a
+        # one-token prompt and run it.
+        if not text:
+            raise ValueError(f"{name} is empty: give at least one character")
+        if self._tokenizer is None:
+            raise ValueError(
+                f"{name} is text but the engine was created with "
+                "skip_tokenizer_init=True; pass token ids instead"
+            )
+        return list(self._tokenizer(text).input_ids)
+
+    def _require_tokenizer(self, what: str):
+        if self._tokenizer is None:
+            raise ValueError(f"{what} needs a tokenizer but skip_tokenizer_init=True")
+        return self._tokenizer
+
+    def _decode_one_token(self, token_id: int) -> str | None:
+        if self._tokenizer is None:
+            return None
+        return self._tokenizer.decode([token_id])
+
+
+class Engine(_EngineBase):
+    """An LLM engine; `ember.LLM` is the same class, so vLLM code ports by changing the import.
+
+    model: None (the embedded default model, SmolLM2-135M-Instruct), a checkpoint directory, a
+    .gguf file or a Hugging Face id already in the local cache. Nothing is downloaded.
+    skip_tokenizer_init=True loads no tokenizer: prompts must be token ids and outputs carry
+    token ids with empty text. The other arguments are the core's EngineConfig fields; a bad
+    value raises ValueError naming it.
+    """
+
+    def _start(self, config) -> None:
+        self._core = _core.Engine(config)
+        self._request_ids = itertools.count()
+        # Requests still running, by id: step() outputs are routed here, so generate() and
+        # open stream() generators can share the core.
+        self._live: dict[str, RequestTracker] = {}
+
+    @property
+    def core(self):
+        """The C++ engine (`ember._core.Engine`): token ids only; for benchmarks and tests."""
+        return self._core
 
     def stats(self):
         """The core's EngineStats: running/waiting requests, KV-cache usage, prefix-cache hits."""
@@ -145,29 +281,6 @@ class Engine:
         prompts = [self.chat_prompt(c, chat_template, add_generation_prompt) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    def chat_prompt(
-        self,
-        conversation: list[dict],
-        chat_template: str | None = None,
-        add_generation_prompt: bool = True,
-    ) -> dict:
-        """A conversation as a prompt dict: the templated text and its token ids (the template
-        already holds the special tokens, so none are added)."""
-        tokenizer = self._require_tokenizer("chat")
-        if chat_template is None and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"the tokenizer of {self._model_dir} has no chat template; "
-                "pass chat_template=... (a Jinja template string)"
-            )
-        text = tokenizer.apply_chat_template(
-            conversation,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            chat_template=chat_template,
-        )
-        token_ids = tokenizer(text, add_special_tokens=False).input_ids
-        return {"prompt": text, "prompt_token_ids": token_ids}
-
     def stream(
         self, prompt: PromptInputs, sampling_params: SamplingParams | None = None
     ) -> Iterator[str]:
@@ -198,33 +311,6 @@ class Engine:
             self._abort_unfinished([tracker])
 
     # ----- internals --------------------------------------------------------------------------
-
-    def _prepare(self, prompts, sampling_params) -> list[tuple[str | None, list[int], object]]:
-        """Validates every prompt and its params; returns (text, token ids, params) triples."""
-        parsed = parse_prompts(prompts)
-        params = _params_per_prompt(sampling_params, len(parsed))
-        requests = []
-        for index, (text, token_ids) in enumerate(parsed):
-            if token_ids is None:
-                token_ids = self._tokenize(index, text)
-            try:  # the core's own checks, made before anything is added
-                self._core.validate_request(token_ids, params[index].to_core())
-            except ValueError as error:
-                raise ValueError(f"prompt {index}: {error}") from None
-            requests.append((text, token_ids, params[index]))
-        return requests
-
-    def _tokenize(self, index: int, text: str) -> list[int]:
-        # NOTE: checked before tokenizing, since a tokenizer that adds BOS would turn "" into a
-        # one-token prompt and run it.
-        if not text:
-            raise ValueError(f"prompt {index} is empty: give at least one character")
-        if self._tokenizer is None:
-            raise ValueError(
-                f"prompt {index} is text but the engine was created with "
-                "skip_tokenizer_init=True; pass token ids instead"
-            )
-        return list(self._tokenizer(text).input_ids)
 
     def _add_request(self, prompt, token_ids, params: SamplingParams) -> RequestTracker:
         request_id = str(next(self._request_ids))
@@ -271,16 +357,6 @@ class Engine:
         # step; with nothing else live, step now so their blocks are free when this returns.
         while not self._live and self._core.has_unfinished_requests():
             self._core.step()
-
-    def _require_tokenizer(self, what: str):
-        if self._tokenizer is None:
-            raise ValueError(f"{what} needs a tokenizer but skip_tokenizer_init=True")
-        return self._tokenizer
-
-    def _decode_one_token(self, token_id: int) -> str | None:
-        if self._tokenizer is None:
-            return None
-        return self._tokenizer.decode([token_id])
 
 
 LLM = Engine

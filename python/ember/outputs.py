@@ -40,8 +40,26 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """When one request's outputs came out, in time.monotonic() seconds (vLLM's RequestMetrics).
+
+    AsyncEngine fills these as its output thread receives the core's outputs, so they include
+    the time an output waits for that thread: what a client of the server would see. TTFT is
+    first_token_time - arrival_time; the inter-token latency of a streamed chunk is the gap
+    between two last_token_time values; end-to-end latency is finished_time - arrival_time.
+    """
+
+    arrival_time: float
+    first_token_time: float | None = None  # any sample's first token
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    num_generation_tokens: int = 0  # so far, over every sample
+
+
+@dataclass
 class RequestOutput:
-    """The result of one prompt: its samples, ordered by index."""
+    """The result of one prompt: its samples, ordered by index. metrics is set by AsyncEngine
+    (None from Engine)."""
 
     request_id: str
     prompt: str | None
@@ -49,3 +67,4 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_cached_tokens: int = 0
+    metrics: RequestMetrics | None = None

@@ -22,6 +22,8 @@ class _Sample:
         self.cumulative_logprob: float | None = 0.0 if logprobs else None
         self.text = ""
         self.num_streamed_chars = 0
+        self.num_streamed_tokens = 0  # token ids (and logprobs) handed out by take_delta_output
+        self.finish_reported = False
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
 
@@ -126,13 +128,54 @@ class RequestTracker:
     def take_stream_text(self, index: int = 0) -> str:
         """Text of sample `index` not yet streamed. While it runs, the last len(longest stop)-1
         characters are held back: they may turn out to start a stop string."""
-        sample = self._samples[index]
+        return self._take_text(self._samples[index])
+
+    def _take_text(self, sample: _Sample) -> str:
         end = len(sample.text)
         if sample.finish_reason is None and self._stops:
             end = max(sample.num_streamed_chars, end - max(map(len, self._stops)) + 1)
         delta = sample.text[sample.num_streamed_chars : end]
         sample.num_streamed_chars = end
         return delta
+
+    def take_delta_output(self) -> RequestOutput | None:
+        """What changed since the last call: each sample with new text, tokens or a finish,
+        carrying only those (cumulative_logprob stays the running total); None if nothing did.
+
+        Text is held back as take_stream_text holds it, so the deltas' texts, token ids and
+        logprobs concatenate to to_output()'s; finish_reason is set on a sample's last delta.
+        """
+        completions = []
+        for sample in self._samples:
+            text = self._take_text(sample)
+            start = sample.num_streamed_tokens
+            token_ids = sample.token_ids[start:]
+            newly_finished = sample.finish_reason is not None and not sample.finish_reported
+            if not (text or token_ids or newly_finished):
+                continue
+            sample.num_streamed_tokens = len(sample.token_ids)
+            sample.finish_reported = sample.finish_reason is not None
+            completions.append(
+                CompletionOutput(
+                    index=sample.index,
+                    text=text,
+                    token_ids=token_ids,
+                    cumulative_logprob=sample.cumulative_logprob,
+                    logprobs=None if sample.logprobs is None else sample.logprobs[start:],
+                    finish_reason=sample.finish_reason,
+                    stop_reason=sample.stop_reason,
+                )
+            )
+        if not completions:
+            return None
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.prompt_token_ids,
+            outputs=completions,
+            finished=self.finished,
+            num_cached_tokens=self.num_cached_tokens,
+        )
 
     def to_output(self) -> RequestOutput:
         return RequestOutput(
