@@ -221,19 +221,20 @@ TEST(EngineLoop, CountsPromptAndGenerationTokensAndSamplesOfOneRequest) {
 
 TEST(EngineLoop, BadRequestsThrowAndDoNotDisturbTheOthers) {
   EngineLoop loop(tiny_config());
-  loop.add_request("good", prompt_of(8, 1), greedy(10));
+  // 120 tokens: "good" surely runs through the next few microseconds' checks.
+  loop.add_request("good", prompt_of(8, 1), greedy(120));
+  EXPECT_THROW(loop.add_request("good", prompt_of(8, 1), greedy(1)), std::invalid_argument);
   EXPECT_THROW(loop.add_request("bad", prompt_of(129, 1), greedy(1)), std::invalid_argument);
   EXPECT_THROW(loop.add_request("bad", {1, kVocab}, greedy(1)), std::invalid_argument);
-  EXPECT_THROW(loop.add_request("good", prompt_of(8, 1), greedy(1)), std::invalid_argument);
   const auto collected = collect(loop, 1);
   ASSERT_EQ(collected.count("good"), 1u);
-  EXPECT_EQ(collected.at("good").token_ids.size(), 10u);
+  EXPECT_EQ(collected.at("good").token_ids.size(), 120u);
   EXPECT_EQ(loop.num_unfinished_requests(), 0);
 }
 
 TEST(EngineLoop, ShutdownWithRequestsInFlightAbortsThemAndRefusesNewOnes) {
   EngineLoop loop(tiny_config());
-  for (int i = 0; i < 8; ++i) loop.add_request(std::to_string(i), prompt_of(30, i), greedy(100));
+  for (int i = 0; i < 8; ++i) loop.add_request(std::to_string(i), prompt_of(8, i), greedy(120));
   // Let them start: some tokens are out before the shutdown.
   std::map<std::string, Collected> collected;
   while (collected.empty()) {
@@ -273,7 +274,7 @@ TEST(EngineLoop, DestructorWithRequestsInFlightReturns) {
 
 TEST(EngineLoop, AFailingStepKillsTheLoopAndEveryRequestLearnsWhy) {
   EngineLoop loop(tiny_config());
-  for (int i = 0; i < 4; ++i) loop.add_request(std::to_string(i), prompt_of(20, i), greedy(100));
+  for (int i = 0; i < 4; ++i) loop.add_request(std::to_string(i), prompt_of(8, i), greedy(120));
   loop.fail_next_step("the forward pass failed (injected)");
   std::string message;
   const auto deadline = std::chrono::steady_clock::now() + 60s;
