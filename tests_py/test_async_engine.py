@@ -348,17 +348,13 @@ def test_text_helpers(engine):
 def test_a_dead_core_loop_fails_live_and_new_requests(checkpoint):
     engine = cpu_async_engine(checkpoint, num_kv_blocks=256)
 
-    async def consume(i, first_outputs):
+    async def consume(i):
         async for _ in engine.generate(f"Doomed {i}", greedy(200), f"doomed-{i}"):
-            first_outputs.add(i)
+            if i == 0 and engine.is_running:  # all five run, 199 steps to go: fail the next
+                engine._core.fail_next_step("the forward pass failed (injected)")
 
     async def main():
-        first_outputs = set()
-        tasks = [asyncio.create_task(consume(i, first_outputs)) for i in range(5)]
-        while len(first_outputs) < 5:
-            await asyncio.sleep(0.01)
-        assert engine.is_running and not engine.errored
-        engine._core.fail_next_step("the forward pass failed (injected)")
+        tasks = [asyncio.create_task(consume(i)) for i in range(5)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         with pytest.raises(EngineDeadError) as new_request:
             await collect(engine, "Too late", greedy(), "late")
@@ -385,15 +381,14 @@ def test_shutdown_with_requests_in_flight_ends_them_with_abort(checkpoint):
         outputs = []
         async for output in engine.generate(f"In flight {i}", greedy(200), f"flight-{i}"):
             outputs.append(output)
-            started.add(i)
+            started.set()
         return outputs
 
     async def main():
-        started = set()
+        started = asyncio.Event()
         async with engine:
             tasks = [asyncio.create_task(consume(i, started)) for i in range(10)]
-            while len(started) < 10:
-                await asyncio.sleep(0.01)
+            await started.wait()  # all ten run, with about 199 steps to go
         results = await asyncio.gather(*tasks)
         with pytest.raises(EngineDeadError, match="shut down"):
             await collect(engine, "After shutdown", greedy(), "after")
