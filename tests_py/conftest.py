@@ -225,3 +225,45 @@ def hf_model():
     """Factory: hf_model(path, device="cpu", dtype=torch.float32) -> the transformers model,
     eval mode (cached)."""
     return load_hf_model
+
+
+# ----- the OpenAI-compatible server (tests_py/test_server_*.py) ----------------------------------
+
+SERVER_API_KEY = "test-key-0123"
+SERVER_MAX_BODY_BYTES = 64 * 1024
+SERVER_MAX_N = 4
+SERVER_MODEL_NAMES = ("tiny", "tiny-alias")
+# Differs from CHAT_TEMPLATE (the tokenizer's), so a test can tell which one was applied.
+SERVER_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<s>[{{ message['role'] }}] {{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<s>[assistant] {% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_checkpoint, tmp_path_factory):
+    """`ember serve` on the tiny llama checkpoint in a subprocess, shared by the server tests:
+    API key from EMBER_API_KEY, SERVER_CHAT_TEMPLATE from --chat-template, a 64 KiB body limit,
+    n at most 4, served as "tiny" (and "tiny-alias")."""
+    from server_util import ServerProcess
+
+    directory = tmp_path_factory.mktemp("tiny_server")
+    template = directory / "template.jinja"
+    template.write_text(SERVER_CHAT_TEMPLATE)
+    server = ServerProcess(
+        tiny_checkpoint("llama"),
+        "--served-model-name",
+        *SERVER_MODEL_NAMES,
+        "--chat-template",
+        str(template),
+        "--max-body-bytes",
+        str(SERVER_MAX_BODY_BYTES),
+        "--max-n",
+        str(SERVER_MAX_N),
+        log_dir=directory,
+        env={"EMBER_API_KEY": SERVER_API_KEY},
+    )
+    yield server
+    server.stop()

@@ -9,6 +9,7 @@ from pathlib import Path
 import ember
 from ember import bench as bench_command
 from ember import bench_serve, bench_throughput
+from ember.server import cli_args as serve_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_serve.add_serve_flags(serve_bench)
     serve_bench.set_defaults(run=bench_serve.run_serve)
+
+    serve = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    serve_command.add_serve_flags(serve)
+    serve.set_defaults(run=serve_command.run_serve)
     return parser
 
 
