@@ -132,6 +132,21 @@ def test_prompt_list_gives_n_choices_per_prompt_in_order(client, reference):
     assert response.usage.prompt_tokens == sum(len(e.prompt_token_ids) for e in expected)
 
 
+def test_prompt_list_streams_every_choice(client):
+    prompts = [PROMPT, "Once upon a time", "What is the capital of France?"]
+    whole = client.completions.create(model="tiny", prompt=prompts, n=2, **greedy(6))
+    texts = [""] * 6
+    finishes = [None] * 6
+    for chunk in client.completions.create(
+        model="tiny", prompt=prompts, n=2, stream=True, **greedy(6)
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == [c.text for c in whole.choices]
+    assert finishes == ["length"] * 6
+
+
 def test_token_id_prompt(client, reference):
     token_ids = train_tokenizer()(PROMPT).input_ids
     response = client.completions.create(model="tiny", prompt=token_ids, **greedy(6))
@@ -331,6 +346,21 @@ def test_chat_n_and_seed(client):
     again = client.chat.completions.create(seed=11, **fields)
     assert [c.index for c in first.choices] == [0, 1]
     assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+
+
+def test_chat_echo_prepends_the_last_assistant_message(client):
+    prefill = [*MESSAGES, {"role": "assistant", "content": "The capital is"}]
+    fields = {"model": "tiny", "messages": prefill, **greedy(4)}
+    plain = client.chat.completions.create(**fields).choices[0].message.content
+    echoed = client.chat.completions.create(extra_body={"echo": True}, **fields)
+    assert echoed.choices[0].message.content == "The capital is" + plain
+    streamed = client.chat.completions.create(stream=True, extra_body={"echo": True}, **fields)
+    content = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert content == "The capital is" + plain
+    user_last = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, extra_body={"echo": True}, **greedy(4)
+    )
+    assert not user_last.choices[0].message.content.startswith(MESSAGES[0]["content"])
 
 
 def test_chat_max_completion_tokens_wins_over_max_tokens(client):
