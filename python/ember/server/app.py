@@ -38,10 +38,11 @@ from ember.server.protocol import (
 from ember.server.state import ServerState
 from ember.server.streaming import unless_disconnected
 
-# New requests let into the app per event-loop iteration (limits.PacedAdmission). Measured with
-# 1,000 clients connecting at once to the tiny model on 2 CPU cores: the slowest /health took
-# 65-76 ms with 16, 48-72 ms with 8, 39-41 ms with 4, and all 1,000 streams ended as soon with 4
-# (1.1-1.6 s). With 4, 1,000 one-token requests sent at once still complete in 0.9 s.
+# New requests let into the app per event-loop iteration (limits.PacedAdmission). With 1,000
+# clients connecting at once to the tiny model on 2 CPU cores (asyncio's own loop, gc frozen),
+# the slowest /health took 65-76 ms admitting 16 per iteration, 48-72 ms with 8 and 39-41 ms
+# with 4, all 1,000 streams ending as soon (1.1-1.6 s). With 4, 1,000 one-token requests sent
+# at once still complete in 0.9 s.
 _ADMITTED_PER_ITERATION = 4
 
 _ERRORS = {

@@ -154,9 +154,13 @@ class Generation:
                     output_kind=self._output_kind,
                 )
             )
-        results = await asyncio.gather(
-            *(anext(iterator) for iterator in self._iterators), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(anext(iterator) for iterator in self._iterators), return_exceptions=True
+            )
+        except BaseException:  # cancelled: the client went away while the requests queued
+            await self.close()
+            raise
         for result in results:
             if isinstance(result, BaseException):
                 await self.close()
