@@ -389,6 +389,8 @@ def test_tokenize_and_detokenize(http):
     assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 256
     chat = http.post("/tokenize", json={"messages": MESSAGES}).json()
     assert chat["count"] == _template_prompt_tokens(MESSAGES)
+    with_bos = http.post("/tokenize", json={"messages": MESSAGES, "add_special_tokens": True})
+    assert with_bos.json()["tokens"] == [tokenizer.bos_token_id, *chat["tokens"]]
     back = http.post("/detokenize", json={"tokens": body["tokens"]})
     assert back.json() == {"prompt": tokenizer.decode(body["tokens"])}
 

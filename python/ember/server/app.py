@@ -163,8 +163,8 @@ def _add_token_routes(app: FastAPI, state: ServerState) -> None:
                 body.add_generation_prompt is not False,
             )
             token_ids = prompt.token_ids
-            if body.add_special_tokens:
-                token_ids = list(tokenizer.build_inputs_with_special_tokens(token_ids))
+            if body.add_special_tokens:  # on top of those the template writes, as vLLM allows
+                token_ids = list(tokenizer(prompt.text, add_special_tokens=True).input_ids)
         return TokenizeResponse(
             count=len(token_ids), max_model_len=engine.max_model_len, tokens=token_ids
         )

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from ember.server import inputs
@@ -75,7 +74,7 @@ async def create_completion(state: ServerState, request: CompletionRequest) -> R
         response = await view.collect(generation)
     finally:
         await finish()
-    return JSONResponse(response.model_dump())
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 class _CompletionView:
