@@ -3,7 +3,7 @@
 SIGTERM (or Ctrl-C) drains: new generation requests get a 503 and /health turns 503 (so a load
 balancer stops sending work), requests in flight run to their end for up to `shutdown_timeout`
 seconds, then the server exits, aborting what is left, and the engine shuts down. A second
-signal exits at once.
+signal ends the drain at once (uvicorn then gives open connections 2 seconds).
 """
 
 from __future__ import annotations
