@@ -12,7 +12,13 @@ from starlette.responses import Response
 
 from ember.server import inputs
 from ember.server.errors import APIError, bad_request, error_body
-from ember.server.generation import Generation, check_n, resolve_max_tokens, sampling_params
+from ember.server.generation import (
+    Generation,
+    check_n,
+    resolve_max_tokens,
+    respond,
+    sampling_params,
+)
 from ember.server.logprobs import chat_logprobs
 from ember.server.protocol import (
     ChatChoice,
@@ -27,7 +33,7 @@ from ember.server.protocol import (
     random_id,
 )
 from ember.server.state import ServerState
-from ember.server.streaming import DONE, EventStreamResponse, sse
+from ember.server.streaming import DONE, sse
 
 logger = logging.getLogger("ember.server")
 
@@ -81,27 +87,7 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
     if request.echo and messages[-1]["role"] == ASSISTANT:
         echo = messages[-1]["content"] or ""
     view = _ChatView(request, model, len(prompt.token_ids), n, echo)
-    generation = Generation(
-        engine, state.metrics, view.id, "delta" if request.stream else "final_only"
-    )
-    state.begin_request(generation)
-    try:
-        await generation.start([prompt], [params])
-    except BaseException:
-        state.end_request(generation)
-        raise
-
-    async def finish() -> None:
-        await generation.close()
-        state.end_request(generation)
-
-    if request.stream:
-        return EventStreamResponse(view.stream(generation), finish)
-    try:
-        response = await view.collect(generation)
-    finally:
-        await finish()
-    return Response(response.model_dump_json(), media_type="application/json")
+    return await respond(state, engine, view, [prompt], [params], stream=bool(request.stream))
 
 
 class _ChatView:

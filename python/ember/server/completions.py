@@ -17,6 +17,7 @@ from ember.server.generation import (
     Prompt,
     check_n,
     resolve_max_tokens,
+    respond,
     sampling_params,
 )
 from ember.server.logprobs import completion_logprobs, join, prompt_logprobs
@@ -29,7 +30,7 @@ from ember.server.protocol import (
     random_id,
 )
 from ember.server.state import ServerState
-from ember.server.streaming import DONE, EventStreamResponse, sse
+from ember.server.streaming import DONE, sse
 
 logger = logging.getLogger("ember.server")
 
@@ -54,27 +55,7 @@ async def create_completion(state: ServerState, request: CompletionRequest) -> R
         for p in prompts
     ]
     view = _CompletionView(state, request, model, prompts, n)
-    generation = Generation(
-        engine, state.metrics, view.id, "delta" if request.stream else "final_only"
-    )
-    state.begin_request(generation)
-    try:
-        await generation.start(prompts, params)
-    except BaseException:
-        state.end_request(generation)
-        raise
-
-    async def finish() -> None:
-        await generation.close()
-        state.end_request(generation)
-
-    if request.stream:
-        return EventStreamResponse(view.stream(generation), finish)
-    try:
-        response = await view.collect(generation)
-    finally:
-        await finish()
-    return Response(response.model_dump_json(), media_type="application/json")
+    return await respond(state, engine, view, prompts, params, stream=bool(request.stream))
 
 
 class _CompletionView:

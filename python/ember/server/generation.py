@@ -9,10 +9,13 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from starlette.responses import Response
+
 from ember.async_engine import EngineDeadError
 from ember.sampling_params import SamplingParams
 from ember.server.errors import APIError, bad_request, from_value_error, unavailable
 from ember.server.protocol import SamplingRequest
+from ember.server.streaming import EventStreamResponse
 
 logger = logging.getLogger("ember.server")
 
@@ -237,3 +240,28 @@ class Generation:
                     await aclose()
                 except Exception:  # closing must go on to every other request
                     logger.debug("closing request %s failed", self._request_id, exc_info=True)
+
+
+async def respond(state, engine, view, prompts, params, *, stream: bool):
+    """Starts one request's generation and answers it: an event stream of the view's chunks, or
+    the view's whole response as one JSON body. The request counts as in flight (for draining
+    at shutdown) until its generation is closed."""
+    generation = Generation(engine, state.metrics, view.id, "delta" if stream else "final_only")
+    state.begin_request(generation)
+    try:
+        await generation.start(prompts, params)
+    except BaseException:
+        state.end_request(generation)
+        raise
+
+    async def finish() -> None:
+        await generation.close()
+        state.end_request(generation)
+
+    if stream:
+        return EventStreamResponse(view.stream(generation), finish)
+    try:
+        response = await view.collect(generation)
+    finally:
+        await finish()
+    return Response(response.model_dump_json(), media_type="application/json")
