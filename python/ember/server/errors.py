@@ -4,6 +4,7 @@ OpenAI and vLLM answer it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -11,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.server")
 
@@ -71,26 +74,8 @@ def error_response(
 # The core's ValueErrors start with the field they are about ("max_tokens must be ...",
 # "prompt 0: prompt token id 5 at position ..."), which becomes the error's `param`.
 _FIELD_PREFIX = re.compile(r"^(?:prompt \d+: )?([a-z_]+)(?:\[\d+\])? ")
-_KNOWN_PARAMS = {
-    "n",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
-    "max_tokens",
-    "min_tokens",
-    "logprobs",
-    "logit_bias",
-    "skip_special_tokens",
-    "prompt",
-}
+# The request fields a message may name: SamplingParams' fields, and the prompt.
+_KNOWN_PARAMS = {field.name for field in dataclasses.fields(SamplingParams)} | {"prompt"}
 
 
 def from_value_error(error: ValueError) -> APIError:
