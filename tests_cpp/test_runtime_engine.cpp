@@ -5,63 +5,31 @@
 
 #include <gtest/gtest.h>
 
+#include "engine_test_util.h"
+
 #include <atomic>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <map>
-#include <numeric>
 #include <optional>
 #include <random>
 #include <thread>
 
-#include <unistd.h>
-
 namespace engine {
 namespace {
 
-constexpr int kVocab = 128;
+using test::greedy;
+using test::prompt_of;
 constexpr int kBlockSize = 16;
-
-// A config.json is all load_format "dummy" needs: weights are random from the seed.
-std::string write_tiny_llama_config() {
-  const auto dir =
-      std::filesystem::temp_directory_path() / ("ember-engine-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << R"({
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
-    "tie_word_embeddings": false, "torch_dtype": "float32", "eos_token_id": 2})";
-  return dir.string();
-}
 
 EngineConfig tiny_config(bool enable_prefix_caching = true) {
   EngineConfig config;
-  config.model = write_tiny_llama_config();
+  config.model = test::write_tiny_llama_config("engine-test");
   config.load_format = "dummy";
   config.max_model_len = 128;
   config.block_size = kBlockSize;
   config.num_kv_blocks = 64;
   config.enable_prefix_caching = enable_prefix_caching;
   return config;
-}
-
-std::vector<int> prompt_of(int length, int first = 3) {
-  std::vector<int> ids(length);
-  std::iota(ids.begin(), ids.end(), first);
-  for (int& id : ids) id %= kVocab;
-  return ids;
-}
-
-SamplingParams greedy(int max_tokens) {
-  SamplingParams params;
-  params.temperature = 0;
-  params.max_tokens = max_tokens;
-  params.ignore_eos = true;
-  return params;
 }
 
 TEST(Engine, RejectsBadRequestsWithTheNumbers) {

@@ -7,15 +7,13 @@
 
 #include <gtest/gtest.h>
 
+#include "engine_test_util.h"
+
 #include <time.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <map>
-#include <numeric>
 #include <random>
 #include <set>
 #include <thread>
@@ -25,25 +23,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr int kVocab = 128;
-
-std::string write_tiny_llama_config() {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("ember-engine-loop-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << R"({
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
-    "tie_word_embeddings": false, "torch_dtype": "float32", "eos_token_id": 2})";
-  return dir.string();
-}
+using test::greedy;
+using test::prompt_of;
 
 EngineConfig tiny_config() {
   EngineConfig config;
-  config.model = write_tiny_llama_config();
+  config.model = test::write_tiny_llama_config("engine-loop-test");
   config.load_format = "dummy";
   config.device = "cpu";
   config.max_model_len = 128;
@@ -51,21 +36,6 @@ EngineConfig tiny_config() {
   config.num_kv_blocks = 64;
   config.num_threads = 1;  // the loop, the test's threads and ctest's neighbours share 2 cores
   return config;
-}
-
-std::vector<int> prompt_of(int length, int first) {
-  std::vector<int> ids(length);
-  std::iota(ids.begin(), ids.end(), first);
-  for (int& id : ids) id %= kVocab;
-  return ids;
-}
-
-SamplingParams greedy(int max_tokens) {
-  SamplingParams params;
-  params.temperature = 0;
-  params.max_tokens = max_tokens;
-  params.ignore_eos = true;
-  return params;
 }
 
 struct Collected {
@@ -225,7 +195,7 @@ TEST(EngineLoop, BadRequestsThrowAndDoNotDisturbTheOthers) {
   loop.add_request("good", prompt_of(8, 1), greedy(120));
   EXPECT_THROW(loop.add_request("good", prompt_of(8, 1), greedy(1)), std::invalid_argument);
   EXPECT_THROW(loop.add_request("bad", prompt_of(129, 1), greedy(1)), std::invalid_argument);
-  EXPECT_THROW(loop.add_request("bad", {1, kVocab}, greedy(1)), std::invalid_argument);
+  EXPECT_THROW(loop.add_request("bad", {1, test::kTinyVocab}, greedy(1)), std::invalid_argument);
   const auto collected = collect(loop, 1);
   ASSERT_EQ(collected.count("good"), 1u);
   EXPECT_EQ(collected.at("good").token_ids.size(), 120u);

@@ -7,11 +7,9 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <fstream>
-#include <numeric>
+#include "engine_test_util.h"
 
-#include <unistd.h>
+#include <numeric>
 
 namespace engine {
 namespace {
@@ -73,20 +71,6 @@ class ReplayingBackend final : public Backend {
   std::unique_ptr<Backend> cpu_;
 };
 
-std::string write_tiny_llama_config() {
-  const auto dir =
-      std::filesystem::temp_directory_path() / ("ember-runner-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << R"({
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 96,
-    "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-    "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "float32",
-    "eos_token_id": 2})";
-  return dir.string();
-}
-
 struct Runner {
   Runner(Backend& backend, const std::string& dir, bool graphs)
       : model(load_model(ModelConfig::from_directory(dir), {dir, "auto", "dummy", 5}, backend)),
@@ -105,7 +89,7 @@ std::vector<int> tokens_of(const ModelRunnerOutput& output) {
 }
 
 TEST(ModelRunnerGraphs, PaddedDecodeReplaysGiveTheEagerTokens) {
-  const std::string dir = write_tiny_llama_config();
+  const std::string dir = test::write_tiny_llama_config("runner-test");
   ReplayingBackend replaying;
   auto cpu = make_cpu_backend(1);
   Runner graphs(replaying, dir, /*graphs=*/true);
