@@ -33,8 +33,8 @@ def add_latency_flags(parser: argparse.ArgumentParser) -> None:
     add_report_and_gpu_flags(parser)
 
 
-def add_report_and_gpu_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags every `ember bench` shares: the JSON report and the GPU engine's settings."""
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """--json PATH, which every `ember bench` takes (written by write_json)."""
     parser.add_argument(
         "--json",
         "--output-json",
@@ -43,6 +43,11 @@ def add_report_and_gpu_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also write the results as JSON to PATH",
     )
+
+
+def add_report_and_gpu_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags the engine benchmarks share: the JSON report and the GPU engine's settings."""
+    add_json_flag(parser)
     parser.add_argument(
         "--enforce-eager", action="store_true", help="GPU: run decode steps without CUDA graphs"
     )

@@ -30,6 +30,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from ember.bench import add_json_flag, write_json
+
 ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
 NUM_ERRORS_SHOWN = 5
 
@@ -509,14 +511,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds to wait for each chunk (default: none)"
     )
-    parser.add_argument(
-        "--json",
-        "--output-json",
-        dest="json",
-        default=None,
-        metavar="PATH",
-        help="also write the results as JSON to PATH",
-    )
+    add_json_flag(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -541,7 +536,5 @@ def run_serve(args: argparse.Namespace) -> int:
     report = asyncio.run(run_benchmark(config, load_tokenizer(config.tokenizer)))
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, allow_nan=False)
-            f.write("\n")
+        write_json(args.json, report)
     return 0 if report["summary"]["completed"] > 0 else 1
