@@ -81,7 +81,8 @@ def test_stream_reassembles_to_the_same_text(client):
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == whole.choices[0].text
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    # A busy machine may merge every delta into one chunk, so earlier chunks may not exist.
+    assert finishes[-1] == "length" and all(f is None for f in finishes[:-1])
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
     assert all(c.usage is None for c in chunks[:-1])
 
