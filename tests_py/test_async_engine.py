@@ -43,7 +43,8 @@ async def collect(engine, prompt, params, request_id, output_kind="cumulative"):
 
 
 async def wait_until_idle(engine):
-    """Polls (the test's own waiting) until the core reports no unfinished request."""
+    """Polls (the test's own waiting) until no request is unfinished: the core has ended them
+    all and the output thread has processed their last outputs."""
     deadline = time.monotonic() + 10
     while engine.stats()["num_unfinished_requests"] > 0:
         assert time.monotonic() < deadline, f"requests still unfinished: {engine.stats()}"

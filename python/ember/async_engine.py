@@ -183,12 +183,17 @@ class AsyncEngine(_EngineBase):
         kv_cache_usage is the fraction of KV blocks in use; the prefix-cache counters count
         prompt tokens looked up and found; num_prompt_tokens counts each request's prompt once
         its first token is out, num_generation_tokens every generated token.
+        num_unfinished_requests counts the requests whose final output the output thread has
+        not processed yet (the core may have finished them a moment earlier): at 0 every
+        request_id is free again.
         """
         s = self._core.stats()
+        with self._lock:
+            num_unfinished = len(self._requests)
         return {
             "num_running": s.num_running,
             "num_waiting": s.num_waiting,
-            "num_unfinished_requests": self._core.num_unfinished_requests(),
+            "num_unfinished_requests": num_unfinished,
             "kv_cache_usage": s.kv_cache_usage,
             "num_preemptions": s.num_preemptions,
             "num_prefix_cache_queries": s.num_prefix_cache_queries,
