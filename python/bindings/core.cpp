@@ -47,6 +47,7 @@ void bind_params(py::module_& m) {
       .def_readwrite("max_tokens", &SamplingParams::max_tokens)
       .def_readwrite("min_tokens", &SamplingParams::min_tokens)
       .def_readwrite("logprobs", &SamplingParams::logprobs)
+      .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
       .def_readwrite("priority", &SamplingParams::priority)
       .def("validate", &SamplingParams::validate);
 
@@ -90,7 +91,8 @@ void bind_outputs(py::module_& m) {
       .def_readonly("prompt_token_ids", &RequestOutput::prompt_token_ids)
       .def_readonly("outputs", &RequestOutput::outputs)
       .def_readonly("finished", &RequestOutput::finished)
-      .def_readonly("num_cached_tokens", &RequestOutput::num_cached_tokens);
+      .def_readonly("num_cached_tokens", &RequestOutput::num_cached_tokens)
+      .def_readonly("prompt_logprobs", &RequestOutput::prompt_logprobs);
   py::class_<ModelInfo>(m, "ModelInfo")
       .def_readonly("architecture", &ModelInfo::architecture)
       .def_readonly("vocab_size", &ModelInfo::vocab_size)

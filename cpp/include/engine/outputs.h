@@ -34,6 +34,10 @@ struct RequestOutput {
   std::vector<CompletionOutput> outputs;  // step(): the samples that advanced; generate(): all n
   bool finished = false;                  // every sample has finished
   int num_cached_tokens = 0;              // prompt tokens served from the prefix cache
+  // With SamplingParams::prompt_logprobs: entry i scores prompt token i + 1 (the first token
+  // has no logprob), so there are (prompt length - 1) entries. step() sets them in the
+  // request's first output that carries tokens, and generate() in its result; empty otherwise.
+  std::vector<TokenLogprobs> prompt_logprobs;
 };
 
 }  // namespace engine

@@ -28,7 +28,11 @@ struct SamplingParams {
   int max_tokens = 16;          // >= 1
   int min_tokens = 0;           // EOS and stop_token_ids are masked until this many tokens
   std::optional<int> logprobs;  // top-N logprobs per sampled token, N in [0, 20]
-  int priority = 0;             // lower runs first under the priority policy
+  // Logprobs of the prompt's tokens (each but the first, scored by the model given the tokens
+  // before it) with the top-N, N in [0, 20]. The first sample computes the whole prompt: it
+  // takes no prefix-cache hit (as in vLLM), though the blocks it computes are cached for others.
+  std::optional<int> prompt_logprobs;
+  int priority = 0;  // lower runs first under the priority policy
 
   static constexpr float kGreedyTemperature = 1e-5f;
   static constexpr int kMaxLogprobs = 20;

@@ -62,6 +62,9 @@ void SamplingParams::validate() const {
   if (logprobs && (*logprobs < 0 || *logprobs > kMaxLogprobs)) {
     fail("logprobs", *logprobs, "in [0, 20]");
   }
+  if (prompt_logprobs && (*prompt_logprobs < 0 || *prompt_logprobs > kMaxLogprobs)) {
+    fail("prompt_logprobs", *prompt_logprobs, "in [0, 20]");
+  }
   for (int token_id : stop_token_ids) {
     if (token_id < 0) fail("stop_token_ids", token_id, "non-negative token ids");
   }

@@ -38,6 +38,10 @@ struct Request {
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
   int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   bool is_finished() const { return status == RequestStatus::kFinished; }
+  // The prompt's logprobs are still to be computed, by this sequence (the first sample).
+  bool computes_prompt_logprobs() const {
+    return params.prompt_logprobs.has_value() && sample_index == 0 && num_output_tokens() == 0;
+  }
 };
 
 }  // namespace engine

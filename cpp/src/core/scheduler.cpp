@@ -153,7 +153,11 @@ void Scheduler::schedule_waiting(SchedulerOutput& out, int& budget) {
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     auto it = next_waiting();
     Request& request = **it;
-    const ComputedBlocks hit = kv_cache_.get_computed_blocks(request);
+    // NOTE: prompt logprobs need every prompt position computed, so such a request takes no
+    // prefix-cache hit (the blocks it computes are cached for others all the same).
+    const ComputedBlocks hit = request.computes_prompt_logprobs()
+                                   ? ComputedBlocks{}
+                                   : kv_cache_.get_computed_blocks(request);
     const int num_new = std::min(request.num_tokens() - hit.num_tokens, budget);
     // NOTE: no skipping ahead: a later, smaller request must not starve the head.
     if (!kv_cache_.allocate_slots(request, num_new, hit)) break;
@@ -181,6 +185,7 @@ void Scheduler::admit(Request& request, const ComputedBlocks& hit, int num_new,
   data.params = request.params;
   data.sampling_seed = request.sampling_seed;
   data.block_ids = kv_cache_.block_ids(request.seq_id);
+  data.prompt_logprobs = request.computes_prompt_logprobs();
   out.new_sequences.push_back(std::move(data));
 
   ScheduledSequence scheduled;

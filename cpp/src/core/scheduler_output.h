@@ -19,7 +19,8 @@ struct NewSequenceData {
   int num_prompt_tokens = 0;
   SamplingParams params;
   uint64_t sampling_seed = 0;
-  std::vector<int> block_ids;  // its whole block table
+  std::vector<int> block_ids;    // its whole block table
+  bool prompt_logprobs = false;  // score the prompt's tokens as they are computed
 };
 
 struct ScheduledSequence {
@@ -43,9 +44,19 @@ struct SampledToken {
   std::optional<TokenLogprobs> logprobs;  // when the sequence asked for logprobs
 };
 
-// The runner's answer: one entry per scheduled sequence with sample == true, in batch order.
+// The logprobs of prompt tokens [first_position, first_position + logprobs.size()) of a
+// sequence, each given the tokens before it: the prompt positions computed this step.
+struct PromptLogprobsChunk {
+  SeqId seq_id = 0;
+  int first_position = 1;
+  std::vector<TokenLogprobs> logprobs;
+};
+
+// The runner's answer: one entry per scheduled sequence with sample == true, in batch order,
+// and the prompt logprobs of the sequences that asked for them.
 struct ModelRunnerOutput {
   std::vector<SampledToken> sampled;
+  std::vector<PromptLogprobsChunk> prompt_logprobs;
 };
 
 }  // namespace engine

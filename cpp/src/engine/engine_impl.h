@@ -48,6 +48,9 @@ class Engine::Impl {
     int num_cached_tokens = -1;
     int num_prompt_tokens = 0;
     bool has_output_tokens = false;  // its prompt is counted in num_prompt_tokens
+    // With params.prompt_logprobs: filled chunk by chunk while the prompt is computed, then
+    // moved into the request's first output that carries tokens.
+    std::vector<TokenLogprobs> prompt_logprobs;
   };
   struct Abort {
     std::string request_id;
@@ -58,6 +61,7 @@ class Engine::Impl {
                                                      const std::vector<int>& prompt_token_ids,
                                                      const SamplingParams& params);
   void drain_inbox(StepOutputs& outputs);
+  void record_prompt_logprobs(std::vector<PromptLogprobsChunk>& chunks);
   void complete_in_flight_step(StepOutputs& outputs);
   void apply_abort(const Abort& abort, StepOutputs& outputs);
   void record_cached_tokens(const SchedulerOutput& scheduled);

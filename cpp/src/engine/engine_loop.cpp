@@ -26,6 +26,7 @@ void merge_output(RequestOutput& queued, RequestOutput& delta) {
       same->stop_token_id = part.stop_token_id;
     }
   }
+  if (!delta.prompt_logprobs.empty()) queued.prompt_logprobs = std::move(delta.prompt_logprobs);
   queued.finished = delta.finished;
   queued.num_cached_tokens = delta.num_cached_tokens;
 }

@@ -47,7 +47,10 @@ void Engine::Impl::record_update(const SequenceUpdate& update, StepOutputs& outp
                              update.new_logprobs.end());
   if (!update.new_token_ids.empty()) {
     token_counts_.num_generation_tokens += static_cast<int64_t>(update.new_token_ids.size());
-    if (!group->has_output_tokens) token_counts_.num_prompt_tokens += group->num_prompt_tokens;
+    if (!group->has_output_tokens) {
+      token_counts_.num_prompt_tokens += group->num_prompt_tokens;
+      output_of(outputs, group->request_id).prompt_logprobs = std::move(group->prompt_logprobs);
+    }
     group->has_output_tokens = true;
   }
   if (update.finish_reason) {
@@ -122,10 +125,25 @@ void Engine::Impl::release_held_samples() {
   }
 }
 
+void Engine::Impl::record_prompt_logprobs(std::vector<PromptLogprobsChunk>& chunks) {
+  for (PromptLogprobsChunk& chunk : chunks) {
+    auto owner = seq_owner_.find(chunk.seq_id);
+    if (owner == seq_owner_.end()) continue;
+    RequestGroup& group = *owner->second.first;
+    if (group.has_output_tokens) continue;
+    // Entry i scores prompt token i + 1; a recomputed chunk (after preemption) overwrites.
+    group.prompt_logprobs.resize(std::max(group.num_prompt_tokens - 1, 0));
+    for (size_t k = 0; k < chunk.logprobs.size(); ++k) {
+      group.prompt_logprobs.at(chunk.first_position - 1 + k) = std::move(chunk.logprobs[k]);
+    }
+  }
+}
+
 void Engine::Impl::complete_in_flight_step(StepOutputs& outputs) {
   const SchedulerOutput scheduled = std::move(*in_flight_);
   in_flight_.reset();
-  const ModelRunnerOutput sampled = runner_->finish();
+  ModelRunnerOutput sampled = runner_->finish();
+  record_prompt_logprobs(sampled.prompt_logprobs);
   for (const SequenceUpdate& update : scheduler_->update_from_output(scheduled, sampled)) {
     record_update(update, outputs);
   }
@@ -209,6 +227,7 @@ std::vector<RequestOutput> Engine::Impl::generate(const std::vector<std::vector<
       RequestOutput& result = results[index_of.at(delta.request_id)];
       result.finished = delta.finished;
       result.num_cached_tokens = delta.num_cached_tokens;
+      if (!delta.prompt_logprobs.empty()) result.prompt_logprobs = std::move(delta.prompt_logprobs);
       for (CompletionOutput& part : delta.outputs) {
         CompletionOutput& full = result.outputs[part.index];
         full.token_ids.insert(full.token_ids.end(), part.token_ids.begin(), part.token_ids.end());

@@ -42,12 +42,15 @@ ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& con
       model_(model),
       config_(config),
       inputs_(backend, config.max_num_batched_tokens, config.max_num_seqs,
-              ceil_div(config.max_model_len, config.block_size) + 1) {
+              ceil_div(config.max_model_len, config.block_size) + 1,
+              config.max_num_seqs + config.max_num_batched_tokens) {
   const ModelConfig& mc = model.config();
   logits_buffer_ = backend.allocate(static_cast<size_t>(config.max_num_seqs) * mc.vocab_size *
                                     dtype_size(DType::kF32));
   sampler_ = make_logits_sampler(backend, config.max_num_seqs, mc.vocab_size);
-  model.allocate_workspace(config.max_num_batched_tokens, config.max_num_seqs);
+  // Logits rows: one per sampled sequence, plus one per prompt token scored for prompt logprobs.
+  model.allocate_workspace(config.max_num_batched_tokens,
+                           config.max_num_seqs + config.max_num_batched_tokens);
 }
 
 int ModelRunner::max_block_table_width() const {
@@ -83,8 +86,9 @@ void ModelRunner::run_forward(const StepPlan& plan, const DeviceStepArrays& devi
   meta.slot_mapping = device.slot_mapping;
   meta.positions = device.positions;
   ForwardInputs inputs{device.input_ids, &meta, device.logits_indices};
-  Tensor logits(logits_buffer_.data(), DType::kF32,
-                {plan.shape.num_logits, model_.config().vocab_size}, backend_.device_type());
+  Tensor logits(plan.num_prompt_rows > 0 ? prompt_logits_buffer_.data() : logits_buffer_.data(),
+                DType::kF32, {plan.shape.num_logits, model_.config().vocab_size},
+                backend_.device_type());
   model_.forward(inputs, cache, logits);
 }
 
@@ -125,6 +129,24 @@ void ModelRunner::profile_run() {
                                          Tensor(v.data(), dtype, shape, backend_.device_type())});
   run_forward(plan, inputs_.upload(), scratch_cache);
   backend_.synchronize();
+}
+
+void* ModelRunner::logits_for(const StepPlan& plan) {
+  if (plan.num_prompt_rows == 0) return logits_buffer_.data();
+  const int64_t rows = plan.shape.num_logits;
+  if (rows > prompt_logits_rows_) {
+    // NOTE: grown to the next power of two (at most the step's bound), so a long prompt scored
+    // chunk by chunk reallocates a few times, not every step. Never captured by a graph.
+    const int64_t bound = int64_t{config_.max_num_seqs} + config_.max_num_batched_tokens;
+    int64_t grown = 1;
+    while (grown < rows) grown *= 2;
+    grown = std::min(grown, bound);
+    prompt_logits_buffer_ = Buffer();  // release first: the two need not fit together
+    prompt_logits_buffer_ =
+        backend_.allocate(static_cast<size_t>(grown) * model_.config().vocab_size * sizeof(float));
+    prompt_logits_rows_ = grown;
+  }
+  return prompt_logits_buffer_.data();
 }
 
 ModelRunner::StepPlan ModelRunner::padded_decode_plan(int batch_size) const {
@@ -170,8 +192,9 @@ void ModelRunner::capture_decode_graphs() {
 void ModelRunner::apply_state_updates(const SchedulerOutput& scheduled) {
   for (SeqId seq_id : scheduled.finished_seq_ids) sequences_.erase(seq_id);
   for (const NewSequenceData& data : scheduled.new_sequences) {
-    sequences_[data.seq_id] = SequenceState{data.token_ids, data.num_prompt_tokens, data.params,
-                                            data.sampling_seed, data.block_ids};
+    sequences_[data.seq_id] =
+        SequenceState{data.token_ids,     data.num_prompt_tokens, data.params,
+                      data.sampling_seed, data.block_ids,         data.prompt_logprobs};
   }
   for (const ScheduledSequence& seq : scheduled.scheduled) {
     auto it = sequences_.find(seq.seq_id);
@@ -192,6 +215,7 @@ ModelRunner::StepPlan ModelRunner::plan_step(const SchedulerOutput& scheduled) c
     const SequenceState& state = sequences_.at(seq.seq_id);
     plan.shape.num_tokens += seq.num_scheduled_tokens;
     plan.shape.num_logits += seq.sample ? 1 : 0;
+    plan.num_prompt_rows += num_prompt_rows(seq, state);
     plan.shape.block_table_width =
         std::max(plan.shape.block_table_width, static_cast<int>(state.block_ids.size()));
     plan.max_query_len = std::max(plan.max_query_len, seq.num_scheduled_tokens);
@@ -199,9 +223,10 @@ ModelRunner::StepPlan ModelRunner::plan_step(const SchedulerOutput& scheduled) c
         std::max(plan.max_seq_len, seq.num_computed_tokens + seq.num_scheduled_tokens);
     pure_decode = pure_decode && seq.num_scheduled_tokens == 1 && seq.sample;
   }
+  plan.shape.num_logits += plan.num_prompt_rows;
   plan.shape.num_seqs = num_seqs;
   plan.num_real_seqs = num_seqs;
-  if (pure_decode) {
+  if (pure_decode && plan.num_prompt_rows == 0) {
     if (std::optional<int> bucket = graphs_.bucket_for(num_seqs)) {
       plan = padded_decode_plan(*bucket);
       plan.num_real_seqs = num_seqs;
@@ -237,7 +262,61 @@ void ModelRunner::write_inputs(const SchedulerOutput& scheduled, const StepPlan&
       sampled_seq_ids_.push_back(seq.seq_id);
     }
   }
+  write_prompt_rows(scheduled, host, s);
   write_padding_rows(host, plan.num_real_seqs, plan.shape.num_seqs, width);
+}
+
+// The rows at positions p of the step with p + 1 still in the prompt: logits at p score token
+// p + 1. Only before the sequence's first output (a preempted one is not scored twice).
+int ModelRunner::num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const {
+  if (!state.prompt_logprobs ||
+      static_cast<int>(state.token_ids.size()) != state.num_prompt_tokens) {
+    return 0;
+  }
+  const int end =
+      std::min(seq.num_computed_tokens + seq.num_scheduled_tokens, state.num_prompt_tokens - 1);
+  return std::max(0, end - seq.num_computed_tokens);
+}
+
+void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, HostStepArrays host,
+                                    int first_row) {
+  prompt_rows_.clear();
+  prompt_targets_.clear();
+  int row = first_row;
+  for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
+    const ScheduledSequence& seq = scheduled.scheduled[i];
+    const SequenceState& state = sequences_.at(seq.seq_id);
+    const int count = num_prompt_rows(seq, state);
+    if (count == 0) continue;
+    const int first_token = host.query_start_loc[i];
+    for (int k = 0; k < count; ++k) {
+      host.logits_indices[row++] = first_token + k;
+      prompt_targets_.push_back(state.token_ids[seq.num_computed_tokens + k + 1]);
+    }
+    prompt_rows_.push_back({seq.seq_id, seq.num_computed_tokens + 1, count});
+  }
+}
+
+std::vector<PromptLogprobsChunk> ModelRunner::score_prompt_rows(int first_row) {
+  std::vector<PromptLogprobsChunk> chunks;
+  if (prompt_rows_.empty()) return chunks;
+  const int64_t vocab = model_.config().vocab_size;
+  const auto num_rows = static_cast<int64_t>(prompt_targets_.size());
+  prompt_logits_host_.resize(static_cast<size_t>(num_rows * vocab));
+  const Tensor rows(static_cast<float*>(step_logits_) + first_row * vocab, DType::kF32,
+                    {num_rows, vocab}, backend_.device_type());
+  backend_.copy_to_host(prompt_logits_host_.data(), rows);
+  const float* logits = prompt_logits_host_.data();
+  int offset = 0;
+  for (const PromptRows& part : prompt_rows_) {
+    const int num_top = *sequences_.at(part.seq_id).params.prompt_logprobs;
+    chunks.push_back(
+        {part.seq_id, part.first_position,
+         score_tokens(logits + offset * vocab, static_cast<int>(vocab),
+                      std::span<const int>(prompt_targets_).subspan(offset, part.count), num_top)});
+    offset += part.count;
+  }
+  return chunks;
 }
 
 std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& seq_ids) const {
@@ -271,6 +350,7 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (scheduled.scheduled.empty()) return;
 
   const StepPlan plan = plan_step(scheduled);
+  step_logits_ = logits_for(plan);
   write_inputs(scheduled, plan, inputs_.begin(plan.shape));
   const DeviceStepArrays device = inputs_.upload();
   if (plan.graph_batch_size) {
@@ -283,7 +363,7 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (num_rows == 0) return;
   // Built while the device runs the forward.
   const std::vector<SamplingRow> rows = sampling_rows(sampled_seq_ids_);
-  Tensor logits(logits_buffer_.data(), DType::kF32, {num_rows, model_.config().vocab_size},
+  Tensor logits(step_logits_, DType::kF32, {num_rows, model_.config().vocab_size},
                 backend_.device_type());
   sampler_->launch(logits, rows);
 }
@@ -294,9 +374,11 @@ ModelRunnerOutput ModelRunner::finish() {
   in_flight_ = false;
   if (sampled_seq_ids_.empty()) {
     backend_.synchronize();  // the staged inputs are rewritten by the next step
+    output.prompt_logprobs = score_prompt_rows(0);
     return output;
   }
   const std::vector<SampleResult> results = sampler_->collect();
+  output.prompt_logprobs = score_prompt_rows(static_cast<int>(sampled_seq_ids_.size()));
   output.sampled.reserve(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
     const SeqId seq_id = sampled_seq_ids_[i];

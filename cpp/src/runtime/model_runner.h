@@ -60,6 +60,13 @@ class ModelRunner {
     SamplingParams params;
     uint64_t sampling_seed = 0;
     std::vector<int> block_ids;
+    bool prompt_logprobs = false;  // score the prompt while it is computed
+  };
+  // Logits rows that score prompt tokens [first_position, first_position + count).
+  struct PromptRows {
+    SeqId seq_id = 0;
+    int first_position = 0;
+    int count = 0;
   };
   // A step's shape and what the attention kernels plan with.
   struct StepPlan {
@@ -67,6 +74,7 @@ class ModelRunner {
     int num_real_seqs = 0;
     int max_query_len = 0;
     int max_seq_len = 0;
+    int num_prompt_rows = 0;  // logits rows after the sampled ones, scoring prompt tokens
     std::optional<int> graph_batch_size;
   };
 
@@ -77,6 +85,11 @@ class ModelRunner {
   void run_forward(const StepPlan& plan, const DeviceStepArrays& device,
                    const std::vector<KVCacheLayer>& cache);
   StepPlan padded_decode_plan(int batch_size) const;
+  // The logits of a step: logits_buffer_, or for a step with prompt rows a buffer grown to fit.
+  void* logits_for(const StepPlan& plan);
+  int num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const;
+  void write_prompt_rows(const SchedulerOutput& scheduled, HostStepArrays host, int first_row);
+  std::vector<PromptLogprobsChunk> score_prompt_rows(int first_row);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
 
@@ -87,10 +100,16 @@ class ModelRunner {
   std::vector<Buffer> kv_buffers_;
   std::vector<KVCacheLayer> kv_cache_;
   StepInputs inputs_;
-  Buffer logits_buffer_;  // [max_num_seqs, vocab] f32
+  Buffer logits_buffer_;         // [max_num_seqs, vocab] f32; what graphs write
+  Buffer prompt_logits_buffer_;  // [rows, vocab] f32 for steps with prompt rows; grows
+  int64_t prompt_logits_rows_ = 0;
+  void* step_logits_ = nullptr;  // the logits of the step in flight
   std::unique_ptr<LogitsSampler> sampler_;
   DecodeGraphs graphs_;
-  std::vector<SeqId> sampled_seq_ids_;  // of the step in flight; reused every step
+  std::vector<SeqId> sampled_seq_ids_;   // of the step in flight; reused every step
+  std::vector<PromptRows> prompt_rows_;  // of the step in flight
+  std::vector<int> prompt_targets_;      // the prompt token each prompt row scores
+  std::vector<float> prompt_logits_host_;
   bool in_flight_ = false;
 };
 

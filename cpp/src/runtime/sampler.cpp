@@ -457,6 +457,30 @@ std::vector<SampleResult> Sampler::sample(float* logits, int vocab_size,
   return results;
 }
 
+std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
+                                        std::span<const int> token_ids, int num_top) {
+  if (vocab_size <= 0 || num_top < 0) {
+    throw std::invalid_argument("score_tokens: vocab_size " + std::to_string(vocab_size) +
+                                " and num_top " + std::to_string(num_top) +
+                                " must be positive and non-negative");
+  }
+  for (int id : token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      throw std::invalid_argument("score_tokens: token id " + std::to_string(id) +
+                                  " is outside the vocabulary [0, " + std::to_string(vocab_size) +
+                                  ")");
+    }
+  }
+  std::vector<TokenLogprobs> scored(token_ids.size());
+  const std::ptrdiff_t num_rows = static_cast<std::ptrdiff_t>(token_ids.size());
+#pragma omp parallel for schedule(static) if (num_rows > 1)
+  for (std::ptrdiff_t r = 0; r < num_rows; ++r) {
+    scored[r] = compute_logprobs(logits + r * static_cast<std::ptrdiff_t>(vocab_size), vocab_size,
+                                 token_ids[r], num_top);
+  }
+  return scored;
+}
+
 double uniform_draw(uint64_t seed, uint64_t counter) {
   // Two splitmix64 rounds: the inner one spreads the counter so that nearby (seed, counter)
   // pairs do not collide after the xor; the outer one decorrelates the result.

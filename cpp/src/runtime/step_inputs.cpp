@@ -23,16 +23,22 @@ size_t total_elements(int tokens, int seqs, int logits, int width) {
 
 }  // namespace
 
-StepInputs::StepInputs(Backend& backend, int max_tokens, int max_seqs, int max_width)
-    : backend_(backend), max_tokens_(max_tokens), max_seqs_(max_seqs), max_width_(max_width) {
-  const size_t bytes = total_elements(max_tokens, max_seqs, max_seqs, max_width) * sizeof(int32_t);
+StepInputs::StepInputs(Backend& backend, int max_tokens, int max_seqs, int max_width,
+                       int max_logits)
+    : backend_(backend),
+      max_tokens_(max_tokens),
+      max_seqs_(max_seqs),
+      max_width_(max_width),
+      max_logits_(max_logits > 0 ? max_logits : max_seqs) {
+  const size_t bytes =
+      total_elements(max_tokens, max_seqs, max_logits_, max_width) * sizeof(int32_t);
   host_ = backend.allocate_host(bytes);
   device_ = backend.allocate(bytes);
 }
 
 HostStepArrays StepInputs::begin(const StepShape& shape) {
   if (shape.num_tokens > max_tokens_ || shape.num_seqs > max_seqs_ ||
-      shape.num_logits > max_seqs_ || shape.block_table_width > max_width_) {
+      shape.num_logits > max_logits_ || shape.block_table_width > max_width_) {
     throw std::logic_error("step of " + std::to_string(shape.num_tokens) + " tokens, " +
                            std::to_string(shape.num_seqs) + " sequences, " +
                            std::to_string(shape.num_logits) + " logits rows and block tables " +

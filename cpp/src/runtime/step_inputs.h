@@ -43,9 +43,9 @@ struct DeviceStepArrays {
 
 class StepInputs {
  public:
-  // Sized once for the largest step: max_tokens T, max_seqs B (and logits rows), and block
-  // tables max_width wide.
-  StepInputs(Backend& backend, int max_tokens, int max_seqs, int max_width);
+  // Sized once for the largest step: max_tokens T, max_seqs B, block tables max_width wide and
+  // max_logits logits rows (default max_seqs: one sampled row per sequence).
+  StepInputs(Backend& backend, int max_tokens, int max_seqs, int max_width, int max_logits = 0);
 
   // Lays out a step of this shape and returns where to write it. Throws std::logic_error if the
   // shape exceeds the sizes given at construction.
@@ -56,7 +56,7 @@ class StepInputs {
 
  private:
   Backend& backend_;
-  int max_tokens_, max_seqs_, max_width_;
+  int max_tokens_, max_seqs_, max_width_, max_logits_;
   Buffer host_, device_;
   StepShape shape_;
   size_t offsets_[8] = {};  // in int32 elements; [7] is the total
