@@ -172,19 +172,77 @@ def test_completion_logprobs_legacy_shape(client):
         assert logprob <= 0
 
 
-def test_echo_prepends_the_prompt_with_null_prompt_logprobs(client):
+def test_echo_with_logprobs_scores_the_prompt(client, reference):
     plain = client.completions.create(model="tiny", prompt=PROMPT, **greedy(4))
     echoed = client.completions.create(
-        model="tiny", prompt=PROMPT, echo=True, logprobs=0, **greedy(4)
+        model="tiny", prompt=PROMPT, echo=True, logprobs=2, **greedy(4)
     )
     choice = echoed.choices[0]
     assert choice.text == PROMPT + plain.choices[0].text
+    expected = reference.generate(
+        PROMPT, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2)
+    )[0]
+    prompt_ids = expected.prompt_token_ids
     num_prompt_tokens = echoed.usage.prompt_tokens
+    assert num_prompt_tokens == len(prompt_ids)
     logprobs = choice.logprobs
     assert len(logprobs.tokens) == num_prompt_tokens + 4
-    assert logprobs.token_logprobs[:num_prompt_tokens] == [None] * num_prompt_tokens
+    # OpenAI's shape: null for the first prompt token, then each token's logprob and a top dict
+    # holding it and the 2 most likely.
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    for position in range(1, num_prompt_tokens):
+        scored = expected.prompt_logprobs[position][prompt_ids[position]]
+        assert logprobs.token_logprobs[position] == pytest.approx(scored.logprob, abs=1e-5)
+        top = logprobs.top_logprobs[position]
+        assert logprobs.tokens[position] in top
+        assert 2 <= len(top) <= 3
     assert all(lp is not None for lp in logprobs.token_logprobs[num_prompt_tokens:])
     assert logprobs.text_offset[num_prompt_tokens] == len(PROMPT)
+
+    streamed = client.completions.create(
+        model="tiny", prompt=PROMPT, echo=True, logprobs=2, stream=True, **greedy(4)
+    )
+    chunks = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    joined = [lp for chunk in chunks for lp in chunk.token_logprobs]
+    assert joined[0] is None
+    assert joined[1:] == pytest.approx(logprobs.token_logprobs[1:], abs=1e-6)
+
+
+def test_prompt_logprobs_extra_field_in_vllm_shape(client, http, reference):
+    expected = reference.generate(
+        PROMPT, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
+    )[0]
+    response = client.completions.create(
+        model="tiny", prompt=PROMPT, extra_body={"prompt_logprobs": 1}, **greedy(2)
+    )
+    scored = response.choices[0].model_extra["prompt_logprobs"]
+    assert scored[0] is None and len(scored) == len(expected.prompt_token_ids)
+    for position in range(1, len(scored)):
+        token_id = expected.prompt_token_ids[position]
+        entry = scored[position][str(token_id)]
+        theirs = expected.prompt_logprobs[position][token_id]
+        assert entry["logprob"] == pytest.approx(theirs.logprob, abs=1e-5)
+        assert entry["rank"] == theirs.rank
+        assert entry["decoded_token"] == theirs.decoded_token
+        assert any(e["rank"] == 1 for e in scored[position].values())
+
+    chat = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, extra_body={"prompt_logprobs": 0}, **greedy(2)
+    )
+    chat_scored = chat.model_extra["prompt_logprobs"]
+    assert chat_scored[0] is None and len(chat_scored) == chat.usage.prompt_tokens
+
+    refused = http.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": PROMPT, "prompt_logprobs": 1, "stream": True},
+    )
+    assert refused.status_code == 400
+    assert "prompt_logprobs is not supported with stream" in refused.json()["error"]["message"]
+    too_many = http.post(
+        "/v1/completions", json={"model": "tiny", "prompt": PROMPT, "prompt_logprobs": 21}
+    )
+    assert too_many.status_code == 400
+    assert "prompt_logprobs must be in [0, 20], got 21" in too_many.json()["error"]["message"]
 
 
 def test_stop_string_truncates_and_is_reported(client):

@@ -396,6 +396,8 @@ def _merge_delta(into: RequestOutput, delta: RequestOutput) -> None:
     into.outputs.sort(key=lambda c: c.index)
     into.finished = delta.finished
     into.num_cached_tokens = delta.num_cached_tokens
+    if delta.prompt_logprobs is not None:
+        into.prompt_logprobs = delta.prompt_logprobs
     into.metrics = delta.metrics
 
 

@@ -16,6 +16,9 @@ class Logprob:
 
 # One entry per generated token: token id -> Logprob, holding the sampled token and the top-N.
 SampleLogprobs = list[dict[int, Logprob]]
+# One entry per prompt token: None for the first (nothing comes before it), then the token's
+# Logprob given the tokens before it, and the top-N there.
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass
@@ -59,7 +62,8 @@ class RequestMetrics:
 @dataclass
 class RequestOutput:
     """The result of one prompt: its samples, ordered by index. metrics is set by AsyncEngine
-    (None from Engine)."""
+    (None from Engine). prompt_logprobs is set when SamplingParams.prompt_logprobs was; a
+    stream of deltas carries it once, in the first output with tokens."""
 
     request_id: str
     prompt: str | None
@@ -68,3 +72,4 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    prompt_logprobs: PromptLogprobs | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ember.detokenizer import IncrementalDetokenizer, find_stop_string
-from ember.outputs import CompletionOutput, Logprob, RequestOutput
+from ember.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from ember.sampling_params import SamplingParams
 
 
@@ -49,6 +49,8 @@ class RequestTracker:
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.num_cached_tokens = 0
+        self.prompt_logprobs: PromptLogprobs | None = None  # once the core has sent them
+        self._prompt_logprobs_streamed = False
         self._decode_token = decode_token
         self._stops = params.stop_strings
         self._samples = [
@@ -74,6 +76,8 @@ class RequestTracker:
     def apply(self, core_output) -> list[int]:
         """Takes one step()'s output; returns the sample indices that the core must abort."""
         self.num_cached_tokens = max(self.num_cached_tokens, core_output.num_cached_tokens)
+        if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self._take_prompt_logprobs(core_output)
         to_abort = []
         for completion in core_output.outputs:
             sample = self._samples[completion.index]
@@ -112,7 +116,14 @@ class RequestTracker:
         sample.stop_reason = stop
         return True
 
-    def _append_logprobs(self, sample: _Sample, token_logprobs) -> None:
+    def _take_prompt_logprobs(self, core_output) -> None:
+        # The core sends them with the request's first tokens (none for a one-token prompt).
+        scored = core_output.prompt_logprobs
+        if scored or any(c.token_ids for c in core_output.outputs):
+            self.prompt_logprobs = [None] + [self._logprob_entry(t) for t in scored]
+
+    def _logprob_entry(self, token_logprobs) -> dict[int, Logprob]:
+        """The scored token first, then the top-N that are not it, by rank."""
         entry = {
             token_logprobs.token_id: Logprob(
                 token_logprobs.logprob,
@@ -122,7 +133,10 @@ class RequestTracker:
         }
         for rank, (token_id, logprob) in enumerate(token_logprobs.top, start=1):
             entry.setdefault(token_id, Logprob(logprob, rank, self._decode_token(token_id)))
-        sample.logprobs.append(entry)
+        return entry
+
+    def _append_logprobs(self, sample: _Sample, token_logprobs) -> None:
+        sample.logprobs.append(self._logprob_entry(token_logprobs))
         sample.cumulative_logprob += token_logprobs.logprob
 
     def take_stream_text(self, index: int = 0) -> str:
@@ -168,6 +182,9 @@ class RequestTracker:
             )
         if not completions:
             return None
+        prompt_logprobs = None
+        if self.prompt_logprobs is not None and not self._prompt_logprobs_streamed:
+            prompt_logprobs, self._prompt_logprobs_streamed = self.prompt_logprobs, True
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt,
@@ -175,6 +192,7 @@ class RequestTracker:
             outputs=completions,
             finished=self.finished,
             num_cached_tokens=self.num_cached_tokens,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def to_output(self) -> RequestOutput:
@@ -185,6 +203,7 @@ class RequestTracker:
             outputs=[self._completion(s) for s in self._samples],
             finished=self.finished,
             num_cached_tokens=self.num_cached_tokens,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
     @staticmethod

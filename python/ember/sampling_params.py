@@ -23,6 +23,7 @@ _CORE_FIELDS = (
     "max_tokens",
     "min_tokens",
     "logprobs",
+    "prompt_logprobs",
     "priority",
 )
 
@@ -35,6 +36,10 @@ class SamplingParams:
     included in it; stop_token_ids finish a sample after sampling one of them. logprobs=N returns,
     per generated token, the sampled token and the N most likely ones. An invalid field raises
     ValueError naming the field, its value and what is allowed.
+
+    prompt_logprobs=N returns, per prompt token after the first, its logprob given the tokens
+    before it and the N most likely tokens there (RequestOutput.prompt_logprobs, vLLM's shape).
+    As in vLLM, such a request computes its whole prompt: it takes no prefix-cache hit.
 
     logit_bias maps token ids to a bias in [-100, 100] that is added to the token's logit before
     the penalties, temperature and filters (OpenAI's field, in vLLM's order); greedy requests
@@ -57,6 +62,7 @@ class SamplingParams:
     max_tokens: int = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     priority: int = 0
 

@@ -15,11 +15,12 @@ from ember.server.errors import APIError, bad_request, error_body
 from ember.server.generation import (
     Generation,
     check_n,
+    check_prompt_logprobs,
     resolve_max_tokens,
     respond,
     sampling_params,
 )
-from ember.server.logprobs import chat_logprobs
+from ember.server.logprobs import chat_logprobs, prompt_logprobs_field
 from ember.server.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -67,6 +68,7 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
     model = state.check_model(request.model)
     _unsupported(request)
     n = check_n(request, state.config.max_n)
+    check_prompt_logprobs(request)
     logprobs = _engine_logprobs(request)
     engine = state.engine
     messages = inputs.conversation(request.messages)
@@ -81,7 +83,13 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
     else:
         requested, param = request.max_tokens, "max_tokens"
     max_tokens = resolve_max_tokens(requested, len(prompt.token_ids), engine.max_model_len, param)
-    params = sampling_params(request, n=n, max_tokens=max_tokens, logprobs=logprobs)
+    params = sampling_params(
+        request,
+        n=n,
+        max_tokens=max_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=request.prompt_logprobs,
+    )
 
     echo = ""
     if request.echo and messages[-1]["role"] == ASSISTANT:
@@ -118,8 +126,10 @@ class _ChatView:
         )
 
     async def collect(self, generation: Generation) -> ChatCompletionResponse:
-        latest = {}
+        latest, scored = {}, None
         async for _, output in generation.outputs():
+            if output.prompt_logprobs is not None:
+                scored = output.prompt_logprobs
             for completion in output.outputs:
                 latest[completion.index] = completion
         choices = []
@@ -141,6 +151,7 @@ class _ChatView:
             model=self._model,
             choices=choices,
             usage=self._usage(num_completion_tokens),
+            prompt_logprobs=prompt_logprobs_field(scored),
         )
 
     async def stream(self, generation: Generation) -> AsyncIterator[str]:

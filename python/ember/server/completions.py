@@ -16,11 +16,17 @@ from ember.server.generation import (
     Generation,
     Prompt,
     check_n,
+    check_prompt_logprobs,
     resolve_max_tokens,
     respond,
     sampling_params,
 )
-from ember.server.logprobs import completion_logprobs, join, prompt_logprobs
+from ember.server.logprobs import (
+    completion_logprobs,
+    join,
+    prompt_logprobs,
+    prompt_logprobs_field,
+)
 from ember.server.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -41,6 +47,7 @@ async def create_completion(state: ServerState, request: CompletionRequest) -> R
     if request.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     n = check_n(request, state.config.max_n)
+    check_prompt_logprobs(request)
     engine = state.engine
     prompts = inputs.completion_prompts(engine, request.prompt)
     params = [
@@ -51,11 +58,22 @@ async def create_completion(state: ServerState, request: CompletionRequest) -> R
                 request.max_tokens, len(p.token_ids), engine.max_model_len, "max_tokens"
             ),
             logprobs=request.logprobs,
+            prompt_logprobs=_engine_prompt_logprobs(request),
         )
         for p in prompts
     ]
     view = _CompletionView(state, request, model, prompts, n)
     return await respond(state, engine, view, prompts, params, stream=bool(request.stream))
+
+
+def _engine_prompt_logprobs(request: CompletionRequest) -> int | None:
+    """echo with logprobs=N scores the echoed prompt (top N); vLLM's prompt_logprobs=M asks
+    for them too. The engine computes the larger."""
+    wanted = [request.prompt_logprobs]
+    if request.echo and request.logprobs is not None:
+        wanted.append(request.logprobs)
+    wanted = [n for n in wanted if n is not None]
+    return max(wanted) if wanted else None
 
 
 class _CompletionView:
@@ -71,6 +89,11 @@ class _CompletionView:
         self._n = n
         self._echo = bool(request.echo)
         self._want_logprobs = request.logprobs is not None
+        self._prompt_logprobs: dict[int, list] = {}  # prompt index -> the engine's, once sent
+
+    def _note_prompt_logprobs(self, prompt_index: int, output) -> None:
+        if output.prompt_logprobs is not None:
+            self._prompt_logprobs[prompt_index] = output.prompt_logprobs
 
     def _prefix(self, prompt_index: int):
         """The echoed prompt text and its logprobs (None without logprobs)."""
@@ -78,7 +101,12 @@ class _CompletionView:
         text = inputs.echo_text(self._engine, prompt)
         logprobs = None
         if self._want_logprobs:
-            logprobs = prompt_logprobs(inputs.prompt_token_texts(self._engine, prompt))
+            logprobs = prompt_logprobs(
+                inputs.prompt_token_texts(self._engine, prompt),
+                prompt.token_ids,
+                self._prompt_logprobs.get(prompt_index),
+                self._request.logprobs,
+            )
         return text, logprobs
 
     def _usage(self, num_completion_tokens: int) -> UsageInfo:
@@ -92,6 +120,7 @@ class _CompletionView:
     async def collect(self, generation: Generation) -> CompletionResponse:
         latest = {}  # (prompt index, sample index) -> CompletionOutput (final_only: all of it)
         async for prompt_index, output in generation.outputs():
+            self._note_prompt_logprobs(prompt_index, output)
             for completion in output.outputs:
                 latest[(prompt_index, completion.index)] = completion
         choices, num_completion_tokens = [], 0
@@ -119,12 +148,16 @@ class _CompletionView:
             )
             if prefix_logprobs is not None:
                 logprobs = join(prefix_logprobs, logprobs)
+        scored = None
+        if self._request.prompt_logprobs is not None:
+            scored = prompt_logprobs_field(self._prompt_logprobs.get(prompt_index))
         return CompletionChoice(
             index=prompt_index * self._n + completion.index,
             text=prefix + text,
             logprobs=logprobs,
             finish_reason=completion.finish_reason,
             stop_reason=completion.stop_reason,
+            prompt_logprobs=scored,
         )
 
     async def stream(self, generation: Generation) -> AsyncIterator[str]:
@@ -133,6 +166,7 @@ class _CompletionView:
         num_completion_tokens = 0
         try:
             async for prompt_index, output in generation.outputs():
+                self._note_prompt_logprobs(prompt_index, output)
                 for completion in output.outputs:
                     index = prompt_index * self._n + completion.index
                     if index in finished:

@@ -84,13 +84,19 @@ def check_n(request: SamplingRequest, max_n: int) -> int:
 
 
 def sampling_params(
-    request: SamplingRequest, *, n: int, max_tokens: int, logprobs: int | None
+    request: SamplingRequest,
+    *,
+    n: int,
+    max_tokens: int,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """The request's sampling fields as SamplingParams; an invalid value is a 400 naming it."""
     fields = {
         "n": n,
         "max_tokens": max_tokens,
         "logprobs": logprobs,
+        "prompt_logprobs": prompt_logprobs,
         "temperature": request.temperature,
         "top_p": request.top_p,
         "top_k": request.top_k,
@@ -113,6 +119,15 @@ def sampling_params(
         return SamplingParams(**fields)
     except ValueError as error:
         raise from_value_error(error) from None
+
+
+def check_prompt_logprobs(request: SamplingRequest) -> None:
+    """vLLM's rule: prompt_logprobs come in the whole response, not in a stream."""
+    if request.prompt_logprobs is not None and request.stream:
+        raise bad_request(
+            "prompt_logprobs is not supported with stream: true; drop one of them",
+            param="prompt_logprobs",
+        )
 
 
 def _parse_logit_bias(logit_bias: dict[str, float]) -> dict[int, float]:

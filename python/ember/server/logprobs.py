@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import math
 
-from ember.server.protocol import ChatLogprob, ChatLogprobsContent, CompletionLogprobs
+from ember.server.protocol import (
+    ChatLogprob,
+    ChatLogprobsContent,
+    CompletionLogprobs,
+    PromptLogprob,
+)
 
 # JSON has no -Infinity; OpenAI and vLLM send this for an impossible token.
 _MIN_LOGPROB = -9999.0
@@ -46,19 +51,49 @@ def completion_logprobs(
     return result, text_offset
 
 
-def prompt_logprobs(prompt_tokens: list[str]) -> CompletionLogprobs:
-    """The legacy shape for an echoed prompt. NOTE: ember's engine does not compute prompt
-    logprobs, so every prompt token's logprob and top logprobs are null (OpenAI sends null for
-    the first prompt token too); the tokens and their offsets are real."""
+def prompt_logprobs(
+    prompt_tokens: list[str], token_ids: list[int], entries: list | None, num_top: int
+) -> CompletionLogprobs:
+    """The legacy shape for an echoed prompt: entries are the engine's prompt logprobs (None
+    for the first token, as OpenAI sends null there), each top dict holding the token itself and
+    the num_top most likely. Without entries (a request aborted before its first token) the
+    logprobs are null; the tokens and their offsets are always real."""
     result = CompletionLogprobs()
     offset = 0
-    for token in prompt_tokens:
+    for position, (token, token_id) in enumerate(zip(prompt_tokens, token_ids, strict=True)):
+        entry = entries[position] if entries is not None and position < len(entries) else None
+        scored = entry.get(token_id) if entry else None
         result.tokens.append(token)
-        result.token_logprobs.append(None)
-        result.top_logprobs.append(None)
+        result.token_logprobs.append(_finite(scored.logprob) if scored is not None else None)
+        result.top_logprobs.append(
+            None
+            if entry is None
+            else {
+                _token_text(tid, lp): _finite(lp.logprob)
+                for tid, lp in _by_rank(entry)
+                if tid == token_id or (lp.rank is not None and lp.rank <= num_top)
+            }
+        )
         result.text_offset.append(offset)
         offset += len(token)
     return result
+
+
+def prompt_logprobs_field(entries: list | None) -> list | None:
+    """RequestOutput.prompt_logprobs in vLLM's JSON shape (token ids as string keys)."""
+    if entries is None:
+        return None
+    return [
+        None
+        if entry is None
+        else {
+            str(token_id): PromptLogprob(
+                logprob=_finite(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token
+            )
+            for token_id, lp in entry.items()
+        }
+        for entry in entries
+    ]
 
 
 def join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:

@@ -59,6 +59,9 @@ class SamplingRequest(_Request):
     ignore_eos: bool | None = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = True
+    prompt_logprobs: int | None = Field(
+        None, description="0..20: each prompt token's logprob and the top N (not with stream)"
+    )
     # Declared only so that a request asking for them is refused rather than served wrongly.
     best_of: int | None = None
     use_beam_search: bool | None = False
@@ -87,6 +90,17 @@ class CompletionLogprobs(_Response):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(_Response):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# vLLM's shape: per prompt token, null for the first, else token id (a string) -> PromptLogprob
+# for the token itself and the top N.
+PromptLogprobsField = list[dict[str, PromptLogprob] | None] | None
+
+
 class CompletionChoice(_Response):
     index: int
     text: str
@@ -95,6 +109,7 @@ class CompletionChoice(_Response):
     stop_reason: int | str | None = Field(
         None, description="the stop string or stop token id that ended the completion"
     )
+    prompt_logprobs: PromptLogprobsField = None
 
 
 class UsageInfo(_Response):
@@ -185,6 +200,7 @@ class ChatCompletionResponse(_Response):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobsField = None
 
 
 class DeltaMessage(_Response):
