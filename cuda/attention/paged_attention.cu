@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_decode.cuh"
@@ -143,22 +144,27 @@ int multiprocessor_count() {
 }
 
 // fp32 scratch for split partials, one grow-only buffer per device: allocated on the first
-// split launch and grown (never shrunk) when a larger batch needs more, so steady-state steps
-// allocate nothing. NOTE: growing calls cudaFree/cudaMalloc, which synchronize the device and
-// are illegal inside CUDA-graph capture; warm up at the largest captured shape first.
+// split launch and grown (to at least twice its size) when a larger batch needs more, so
+// steady-state steps allocate nothing. NOTE: a CUDA graph keeps the pointer it was captured
+// with, and an eager step after the capture may need a larger scratch than any captured one
+// (another batch size, another split count). So an outgrown buffer is retired, never freed:
+// the graphs that captured it stay valid. Growth happens a few times per process (each one at
+// least doubles), and cudaMalloc is illegal inside a capture, so callers warm up first.
 float* split_scratch(size_t num_floats) {
   static std::mutex mutex;
   static std::array<float*, kMaxDevices> buffers{};
   static std::array<size_t, kMaxDevices> capacities{};
+  static std::vector<float*> retired;  // outgrown buffers that graphs may still use
   int device = 0;
   EMBER_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
   if (capacities[device] < num_floats) {
-    if (buffers[device] != nullptr) EMBER_CUDA_CHECK(cudaFree(buffers[device]));
-    buffers[device] = nullptr;
-    capacities[device] = 0;
-    EMBER_CUDA_CHECK(cudaMalloc(&buffers[device], num_floats * sizeof(float)));
-    capacities[device] = num_floats;
+    const size_t grown = std::max(num_floats, 2 * capacities[device]);
+    float* buffer = nullptr;
+    EMBER_CUDA_CHECK(cudaMalloc(&buffer, grown * sizeof(float)));
+    if (buffers[device] != nullptr) retired.push_back(buffers[device]);
+    buffers[device] = buffer;
+    capacities[device] = grown;
   }
   return buffers[device];
 }
