@@ -51,6 +51,14 @@ async def wait_until_idle(engine):
         await asyncio.sleep(0.01)
 
 
+async def wait_until_core_idle(engine):
+    """Polls until the core runs and queues nothing, whatever the output thread is doing."""
+    deadline = time.monotonic() + 10
+    while (stats := engine.stats())["num_running"] + stats["num_waiting"] > 0:
+        assert time.monotonic() < deadline, f"the core still has work: {stats}"
+        await asyncio.sleep(0.01)
+
+
 def concatenated(deltas):
     """Per sample index: the deltas' text, token ids and logprobs joined, and the finish
     reasons in the order they came."""
@@ -322,7 +330,8 @@ def test_output_thread_stalls_do_not_stall_the_core(engine, monkeypatch):
         try:
             while not held.is_set():
                 await asyncio.sleep(0.01)
-            await wait_until_idle(engine)  # the core finishes all 20 with the output thread held
+            # The core finishes all 20 while the output thread is held.
+            await wait_until_core_idle(engine)
         finally:
             release.set()
         return await asyncio.gather(*streams)
