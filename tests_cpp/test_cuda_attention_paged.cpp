@@ -208,7 +208,7 @@ class DeviceCase {
                     Tensor(d_q.get(), c_.dtype, {num_tokens, hq, dim}, dev),
                     Tensor(k_.get(), c_.dtype, {in_.num_blocks, c_.block_size, hk, dim}, dev),
                     Tensor(v_.get(), c_.dtype, {in_.num_blocks, c_.block_size, hk, dim}, dev), meta,
-                    scale_of(c_), c_.window, nullptr);
+                    scale_of(c_), c_.window, nullptr, kernel);
     EMBER_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<uint16_t> out(q.size());
     EMBER_CUDA_CHECK(cudaMemcpy(out.data(), d_out.get(), out.size() * 2, cudaMemcpyDeviceToHost));
@@ -550,6 +550,8 @@ TEST_F(CudaPagedAttention, RejectsBadShapesNamingTheTensor) {
   EXPECT_NE(message_of(q, q, k_f16, k_f16).find("k_cache is float16"), std::string::npos);
   const Tensor k3(buf.get(), DType::kBF16, {4, 16, 3, 64}, dev);
   EXPECT_NE(message_of(q, q, k3, k3).find("multiple"), std::string::npos);
+  const Tensor q0(buf.get(), DType::kBF16, {1, 0, 64}, dev);  // no heads: nothing to divide
+  EXPECT_NE(message_of(q0, q0, k, k).find("it needs at least one head"), std::string::npos);
   const Tensor q_cpu(buf.get(), DType::kBF16, {1, 4, 64});
   EXPECT_NE(message_of(q, q_cpu, k, k).find("q [1, 4, 64] must be a defined CUDA tensor"),
             std::string::npos);

@@ -83,6 +83,7 @@ void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, con
          " is not supported (supported: 64, 128)");
   }
   check_size("k_cache", k_cache, 3, q.size(2), "head_dim D of q");
+  if (q.size(1) <= 0) fail("q has shape " + q.shape_string() + ": it needs at least one head");
   if (k_cache.size(2) <= 0 || q.size(1) % k_cache.size(2) != 0) {
     fail("q has " + std::to_string(q.size(1)) + " heads, which must be a multiple of the cache's " +
          std::to_string(k_cache.size(2)) + " kv heads");
