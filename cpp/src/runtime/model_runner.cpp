@@ -74,7 +74,7 @@ void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
 }
 
 void ModelRunner::run_forward(const StepPlan& plan, const DeviceStepArrays& device,
-                              const std::vector<KVCacheLayer>& cache) {
+                              const std::vector<KVCacheLayer>& cache, void* logits) {
   AttentionMetadata meta;
   meta.num_seqs = plan.shape.num_seqs;
   meta.max_query_len = plan.max_query_len;
@@ -86,10 +86,9 @@ void ModelRunner::run_forward(const StepPlan& plan, const DeviceStepArrays& devi
   meta.slot_mapping = device.slot_mapping;
   meta.positions = device.positions;
   ForwardInputs inputs{device.input_ids, &meta, device.logits_indices};
-  Tensor logits(plan.num_prompt_rows > 0 ? prompt_logits_buffer_.data() : logits_buffer_.data(),
-                DType::kF32, {plan.shape.num_logits, model_.config().vocab_size},
-                backend_.device_type());
-  model_.forward(inputs, cache, logits);
+  model_.forward(inputs, cache,
+                 Tensor(logits, DType::kF32, {plan.shape.num_logits, model_.config().vocab_size},
+                        backend_.device_type()));
 }
 
 void ModelRunner::profile_run() {
@@ -127,7 +126,7 @@ void ModelRunner::profile_run() {
   const std::vector<KVCacheLayer> scratch_cache(
       mc.num_hidden_layers, KVCacheLayer{Tensor(k.data(), dtype, shape, backend_.device_type()),
                                          Tensor(v.data(), dtype, shape, backend_.device_type())});
-  run_forward(plan, inputs_.upload(), scratch_cache);
+  run_forward(plan, inputs_.upload(), scratch_cache, logits_buffer_.data());
   backend_.synchronize();
 }
 
@@ -172,7 +171,7 @@ void ModelRunner::capture_decode_graphs() {
     HostStepArrays host = inputs_.begin(plan.shape);
     host.query_start_loc[0] = 0;
     write_padding_rows(host, 0, *it, plan.shape.block_table_width);
-    run_forward(plan, inputs_.upload(), kv_cache_);
+    run_forward(plan, inputs_.upload(), kv_cache_, logits_buffer_.data());
     backend_.synchronize();  // the next size rewrites the staged inputs
   }
   for (int size : sizes) {
@@ -183,9 +182,10 @@ void ModelRunner::capture_decode_graphs() {
     const DeviceStepArrays device = inputs_.upload();
     backend_.synchronize();
     // The recorded work owns copies of its plan and views (a backend may replay the callable).
-    graphs_.add(size,
-                backend_.capture([this, plan, device] { run_forward(plan, device, kv_cache_); }),
-                device.input_ids.data);
+    auto forward = [this, plan, device] {
+      run_forward(plan, device, kv_cache_, logits_buffer_.data());
+    };
+    graphs_.add(size, backend_.capture(forward), device.input_ids.data);
   }
 }
 
@@ -262,7 +262,7 @@ void ModelRunner::write_inputs(const SchedulerOutput& scheduled, const StepPlan&
       sampled_seq_ids_.push_back(seq.seq_id);
     }
   }
-  write_prompt_rows(scheduled, host, s);
+  write_prompt_rows(scheduled, plan, host, s);
   write_padding_rows(host, plan.num_real_seqs, plan.shape.num_seqs, width);
 }
 
@@ -278,10 +278,11 @@ int ModelRunner::num_prompt_rows(const ScheduledSequence& seq, const SequenceSta
   return std::max(0, end - seq.num_computed_tokens);
 }
 
-void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, HostStepArrays host,
-                                    int first_row) {
+void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
+                                    HostStepArrays host, int first_row) {
   prompt_rows_.clear();
   prompt_targets_.clear();
+  if (plan.num_prompt_rows == 0) return;  // the common step: no sequence scores its prompt
   int row = first_row;
   for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
     const ScheduledSequence& seq = scheduled.scheduled[i];
@@ -356,7 +357,7 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (plan.graph_batch_size) {
     graphs_.replay(*plan.graph_batch_size, device.input_ids.data);
   } else {
-    run_forward(plan, device, kv_cache_);
+    run_forward(plan, device, kv_cache_, step_logits_);
   }
   in_flight_ = true;
   const int64_t num_rows = static_cast<int64_t>(sampled_seq_ids_.size());

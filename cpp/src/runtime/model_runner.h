@@ -81,14 +81,16 @@ class ModelRunner {
   void apply_state_updates(const SchedulerOutput& scheduled);
   StepPlan plan_step(const SchedulerOutput& scheduled) const;
   void write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan, HostStepArrays host);
-  // Enqueues the model's forward over uploaded step inputs (eagerly; also what a graph records).
+  // Enqueues the model's forward over uploaded step inputs (eagerly; also what a graph records),
+  // writing [plan.shape.num_logits, vocab] f32 logits to `logits`.
   void run_forward(const StepPlan& plan, const DeviceStepArrays& device,
-                   const std::vector<KVCacheLayer>& cache);
+                   const std::vector<KVCacheLayer>& cache, void* logits);
   StepPlan padded_decode_plan(int batch_size) const;
   // The logits of a step: logits_buffer_, or for a step with prompt rows a buffer grown to fit.
   void* logits_for(const StepPlan& plan);
   int num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const;
-  void write_prompt_rows(const SchedulerOutput& scheduled, HostStepArrays host, int first_row);
+  void write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
+                         HostStepArrays host, int first_row);
   std::vector<PromptLogprobsChunk> score_prompt_rows(int first_row);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;

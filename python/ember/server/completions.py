@@ -69,11 +69,9 @@ async def create_completion(state: ServerState, request: CompletionRequest) -> R
 def _engine_prompt_logprobs(request: CompletionRequest) -> int | None:
     """echo with logprobs=N scores the echoed prompt (top N); vLLM's prompt_logprobs=M asks
     for them too. The engine computes the larger."""
-    wanted = [request.prompt_logprobs]
-    if request.echo and request.logprobs is not None:
-        wanted.append(request.logprobs)
-    wanted = [n for n in wanted if n is not None]
-    return max(wanted) if wanted else None
+    if not (request.echo and request.logprobs is not None):
+        return request.prompt_logprobs
+    return max(request.logprobs, request.prompt_logprobs or 0)
 
 
 class _CompletionView:
