@@ -418,6 +418,87 @@ TEST(Scheduler, DrainsManyRequestsUnderBlockPressure) {
   EXPECT_EQ(h.kv.block_pool().num_free_blocks(), 11);
 }
 
+// Async scheduling: schedule() runs again before the step in flight is applied.
+TEST(Scheduler, SchedulesOneStepAheadOfItsPendingToken) {
+  Harness h(16, config(64));
+  h.add(1, 5, max_tokens(3));
+  const SchedulerOutput first = h.scheduler.schedule();
+  expect_scheduled(first, {{1, 0, 5, {}, true}});
+  // Position 5 holds the token `first` samples: computed now, its id supplied by the runner.
+  const SchedulerOutput ahead = h.scheduler.schedule();
+  expect_scheduled(ahead, {{1, 5, 1, {}, true}});
+  EXPECT_EQ(h.request(1).num_pending_tokens, 2);
+  EXPECT_TRUE(h.scheduler.schedule().scheduled.empty());  // never two steps ahead
+
+  auto updates = h.scheduler.update_from_output(first, Harness::sample_all(first, 7));
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(updates[0].new_token_ids, Ids{7});
+  updates = h.scheduler.update_from_output(ahead, Harness::sample_all(ahead, 8));
+  EXPECT_EQ(updates[0].new_token_ids, Ids{8});
+  EXPECT_EQ(h.request(1).token_ids, (Ids{1000, 1001, 1002, 1003, 1004, 7, 8}));
+  EXPECT_EQ(h.request(1).num_pending_tokens, 0);
+  EXPECT_THROW(h.scheduler.update_from_output(ahead, Harness::sample_all(ahead, 8)),
+               std::logic_error);
+
+  const SchedulerOutput last = h.scheduler.schedule();
+  expect_scheduled(last, {{1, 6, 1, {}, true}});
+  // Its pending token is the third of max_tokens 3: nothing is scheduled past it.
+  EXPECT_TRUE(h.scheduler.schedule().scheduled.empty());
+  updates = h.scheduler.update_from_output(last, Harness::sample_all(last, 9));
+  EXPECT_EQ(updates[0].finish_reason, FinishReason::kLength);
+  EXPECT_EQ(h.kv.block_pool().num_free_blocks(), 15);
+}
+
+TEST(Scheduler, StepAheadOfAStopTokenIsDropped) {
+  SchedulerConfig c = config(64);
+  c.eos_token_ids = {99};
+  Harness h(16, c);
+  h.add(1, 4);
+  const SchedulerOutput first = h.scheduler.schedule();
+  const SchedulerOutput ahead = h.scheduler.schedule();
+  expect_scheduled(ahead, {{1, 4, 1, {2}, true}});
+  auto updates = h.scheduler.update_from_output(first, Harness::sample_all(first, 99));
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(updates[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(h.kv.block_pool().num_free_blocks(), 15);
+  EXPECT_TRUE(h.scheduler.update_from_output(ahead, Harness::sample_all(ahead, 7)).empty());
+  EXPECT_EQ(h.request(1).token_ids, (Ids{1000, 1001, 1002, 1003, 99}));
+  EXPECT_FALSE(h.scheduler.has_unfinished());
+}
+
+TEST(Scheduler, SequencePreemptedWithAPendingTokenKeepsIt) {
+  Harness h(4, config(64));  // 3 blocks of 4 tokens
+  h.add(1, 4, max_tokens(2));
+  h.add(2, 4, max_tokens(3));
+  const SchedulerOutput first = h.scheduler.schedule();
+  expect_scheduled(first, {{1, 0, 4, {}, true}, {2, 0, 4, {}, true}});
+  // Position 4 needs a block each; one is free, so the later arrival is preempted.
+  const SchedulerOutput ahead = h.scheduler.schedule();
+  expect_scheduled(ahead, {{1, 4, 1, {3}, true}});
+  EXPECT_EQ(ahead.finished_seq_ids, SeqIds{2});
+  EXPECT_EQ(h.request(2).status, RequestStatus::kPreempted);
+  EXPECT_EQ(h.request(2).num_pending_tokens, 1);
+  // It is not readmitted before its token is back.
+  EXPECT_TRUE(h.scheduler.schedule().new_sequences.empty());
+
+  auto updates = h.scheduler.update_from_output(first, Harness::sample_all(first, 7));
+  ASSERT_EQ(updates.size(), 2u);
+  EXPECT_EQ(updates[1].seq_id, 2u);
+  EXPECT_EQ(updates[1].new_token_ids, Ids{7});
+  updates = h.scheduler.update_from_output(ahead, Harness::sample_all(ahead, 8));
+  EXPECT_EQ(updates[0].finish_reason, FinishReason::kLength);  // sequence 1: max_tokens 2
+
+  const SchedulerOutput resumed = h.scheduler.schedule();
+  ASSERT_EQ(new_seq_ids(resumed), SeqIds{2});
+  EXPECT_EQ(resumed.new_sequences[0].token_ids, (Ids{2000, 2001, 2002, 2003, 7}));
+  expect_scheduled(resumed, {{2, 0, 5, {}, true}});
+  h.scheduler.update_from_output(resumed, Harness::sample_all(resumed, 9));
+  const auto rest = run_to_finish(h, 2, 9, 10);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].finish_reason, FinishReason::kLength);
+  EXPECT_EQ(h.request(2).token_ids, (Ids{2000, 2001, 2002, 2003, 7, 9, 9}));
+}
+
 TEST(Scheduler, RejectsDuplicateSequenceIds) {
   Harness h(16, config(64));
   h.add(1, 4);

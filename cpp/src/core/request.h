@@ -28,14 +28,20 @@ struct Request {
 
   std::vector<int> token_ids;  // prompt then outputs
   int num_prompt_tokens = 0;
-  int num_computed_tokens = 0;  // tokens whose KV is in the cache
-  int num_cached_tokens = -1;   // prefix-cache hit at first scheduling; -1 until then
+  // Tokens whose KV is in the cache or being computed by a scheduled step: advanced when a step
+  // is scheduled, reset by preemption.
+  int num_computed_tokens = 0;
+  // Tokens sampled by scheduled steps whose output has not come back yet (0 or 1): counted in
+  // the sequence's length, absent from token_ids until update_from_output appends them.
+  int num_pending_tokens = 0;
+  int num_cached_tokens = -1;  // prefix-cache hit at first scheduling; -1 until then
   int num_preemptions = 0;
   RequestStatus status = RequestStatus::kWaiting;
   std::optional<FinishReason> finish_reason;
   std::optional<int> stop_token_id;
 
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
+  int num_tokens_with_pending() const { return num_tokens() + num_pending_tokens; }
   int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   bool is_finished() const { return status == RequestStatus::kFinished; }
   // The prompt's logprobs are still to be computed, by this sequence (the first sample).

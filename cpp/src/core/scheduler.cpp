@@ -72,15 +72,37 @@ SchedulerOutput Scheduler::schedule() {
   // lead to more preemptions next step.
   if (!preempted) schedule_waiting(out, budget);
   out.total_num_scheduled_tokens = config_.max_num_batched_tokens - budget;
+  advance_scheduled(out);
   return out;
+}
+
+// Counts the step's tokens as computed and its samples as pending now, so the next schedule()
+// can run before this step's output is back (the engine overlaps the two).
+void Scheduler::advance_scheduled(const SchedulerOutput& out) {
+  for (const ScheduledSequence& step : out.scheduled) {
+    Request& request = *requests_.at(step.seq_id);
+    request.num_computed_tokens += step.num_scheduled_tokens;
+    if (step.sample) ++request.num_pending_tokens;
+  }
+}
+
+// A pending token that will end the sequence by length: nothing is left to schedule for it.
+bool Scheduler::finishes_by_length(const Request& request) const {
+  const int num_outputs = request.num_output_tokens() + request.num_pending_tokens;
+  return num_outputs >= request.params.max_tokens ||
+         request.num_tokens_with_pending() >= config_.max_model_len;
 }
 
 void Scheduler::schedule_running(SchedulerOutput& out, int& budget, bool& preempted) {
   size_t i = 0;
   while (i < running_.size() && budget > 0) {
     Request* request = running_[i];
-    const int num_new = std::min(request->num_tokens() - request->num_computed_tokens, budget);
-    if (num_new <= 0) {
+    const int num_tokens = request->num_tokens_with_pending();
+    const int num_new = std::min(num_tokens - request->num_computed_tokens, budget);
+    // NOTE: one step ahead at most: a second pending token waits for the first.
+    const bool waits = request->num_pending_tokens > 1 ||
+                       (request->num_pending_tokens == 1 && finishes_by_length(*request));
+    if (num_new <= 0 || waits) {
       ++i;
       continue;
     }
@@ -101,7 +123,7 @@ void Scheduler::schedule_running(SchedulerOutput& out, int& budget, bool& preemp
     scheduled.num_computed_tokens = request->num_computed_tokens;
     scheduled.num_scheduled_tokens = num_new;
     scheduled.new_block_ids = std::move(*new_blocks);
-    scheduled.sample = request->num_computed_tokens + num_new == request->num_tokens();
+    scheduled.sample = request->num_computed_tokens + num_new == num_tokens;
     out.scheduled.push_back(std::move(scheduled));
     budget -= num_new;
     ++i;
@@ -153,6 +175,8 @@ void Scheduler::schedule_waiting(SchedulerOutput& out, int& budget) {
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     auto it = next_waiting();
     Request& request = **it;
+    // A sequence preempted while a step sampled for it waits for that token first.
+    if (request.num_pending_tokens > 0) break;
     // NOTE: prompt logprobs need every prompt position computed, so such a request takes no
     // prefix-cache hit (the blocks it computes are cached for others all the same).
     const ComputedBlocks hit = request.computes_prompt_logprobs()
@@ -204,17 +228,15 @@ std::vector<SequenceUpdate> Scheduler::update_from_output(const SchedulerOutput&
   std::vector<SequenceUpdate> updates;
   for (const ScheduledSequence& step : scheduled.scheduled) {
     auto it = requests_.find(step.seq_id);
-    // Aborted (or already finished) since schedule(): its blocks are gone, skip it.
-    if (it == requests_.end() || it->second->status != RequestStatus::kRunning) continue;
+    // Aborted or finished since schedule(): its blocks are gone and its token is dropped.
+    if (it == requests_.end() || it->second->is_finished()) continue;
     Request& request = *it->second;
-    if (request.num_computed_tokens != step.num_computed_tokens) {
-      throw std::logic_error(
-          "update_from_output: sequence " + std::to_string(step.seq_id) + " has " +
-          std::to_string(request.num_computed_tokens) + " computed tokens but was scheduled at " +
-          std::to_string(step.num_computed_tokens) + "; apply each step's output exactly once");
+    // NOTE: a sequence preempted since schedule() lost its blocks, so none is cached; it still
+    // takes the token sampled for it, which was computed from its whole context.
+    const bool running = request.status == RequestStatus::kRunning;
+    if (running) {
+      kv_cache_.cache_full_blocks(request, step.num_computed_tokens + step.num_scheduled_tokens);
     }
-    request.num_computed_tokens += step.num_scheduled_tokens;
-    kv_cache_.cache_full_blocks(request, request.num_computed_tokens);
     if (!step.sample) continue;
 
     auto sampled = sampled_by_seq.find(step.seq_id);
@@ -222,6 +244,11 @@ std::vector<SequenceUpdate> Scheduler::update_from_output(const SchedulerOutput&
       throw std::logic_error("update_from_output: sequence " + std::to_string(step.seq_id) +
                              " was scheduled with sample=true but the runner sampled no token");
     }
+    if (request.num_pending_tokens == 0) {
+      throw std::logic_error("update_from_output: sequence " + std::to_string(step.seq_id) +
+                             " has no pending token; apply each step's output exactly once");
+    }
+    --request.num_pending_tokens;
     SequenceUpdate update;
     update.seq_id = step.seq_id;
     if (append_token(request, *sampled->second, update)) finish(request, *update.finish_reason);

@@ -51,10 +51,15 @@ class Scheduler {
   // for each one that was still unfinished. Unknown ids are ignored.
   std::vector<SequenceUpdate> abort(const std::vector<SeqId>& seq_ids);
 
+  // Picks the next step. Its tokens count as computed and its samples as pending at once, so
+  // schedule() may run again before the step's output is applied (one step ahead at most): a
+  // sequence then computes the position of its pending token, whose id the runner takes from
+  // the step in flight. A pending token that ends the sequence by length is not scheduled past.
   SchedulerOutput schedule();
-  // Applies the runner's sampled tokens: advances num_computed_tokens, appends tokens,
-  // checks stop conditions (EOS unless ignore_eos, stop_token_ids, max_tokens, max_model_len,
-  // with min_tokens), caches newly full blocks, frees finished sequences.
+  // Applies the runner's sampled tokens: appends them, checks stop conditions (EOS unless
+  // ignore_eos, stop_token_ids, max_tokens, max_model_len, with min_tokens), caches newly full
+  // blocks, frees finished sequences. A sequence finished or aborted since schedule() is
+  // skipped (its token dropped).
   std::vector<SequenceUpdate> update_from_output(const SchedulerOutput& scheduled,
                                                  const ModelRunnerOutput& output);
 
@@ -67,6 +72,8 @@ class Scheduler {
  private:
   void schedule_running(SchedulerOutput& out, int& budget, bool& preempted);
   void schedule_waiting(SchedulerOutput& out, int& budget);
+  void advance_scheduled(const SchedulerOutput& out);
+  bool finishes_by_length(const Request& request) const;
   // Preempts the lowest-priority running sequence (un-scheduling it if it was scheduled in
   // `out`) and returns it.
   Request* preempt_lowest(SchedulerOutput& out, int& budget);

@@ -117,8 +117,10 @@ void Engine::Impl::release_held_samples() {
   for (auto& [request_id, group] : groups_) {
     if (group->held.empty()) continue;
     const Request* first = scheduler_->find(group->seq_ids[0]);
-    const bool prompt_done = first == nullptr || first->is_finished() ||
-                             first->num_computed_tokens >= first->num_prompt_tokens;
+    // Its first token is back once the prompt's KV is in the cache (num_computed_tokens counts
+    // scheduled steps too, so it would release them early).
+    const bool prompt_done =
+        first == nullptr || first->is_finished() || first->num_output_tokens() > 0;
     if (!prompt_done) continue;
     for (auto& sample : group->held) scheduler_->add_request(std::move(sample));
     group->held.clear();
