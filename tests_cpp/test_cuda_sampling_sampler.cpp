@@ -259,6 +259,74 @@ TEST_F(CudaSampling, SeededReproducibleAcrossBatchPositions) {
   }
 }
 
+// Async scheduling keeps two launches outstanding: each has its own uploads and results, and
+// collect() returns them oldest first, as sample() alone gives them.
+TEST_F(CudaSampling, TwoOutstandingLaunchesCollectOldestFirst) {
+  std::mt19937 rng(21);
+  constexpr int kVocab = 32000, kRows = 7;
+  cuda::GpuSampler sampler(kRows, kVocab);
+  SamplingParams params = make_params(0.8f, 40, 0.9f, 0.0f);
+  params.logprobs = 3;
+  const Setting setting{"all", params};
+  std::vector<float> logits_a = random_logits(kRows, kVocab, rng, 3.0f);
+  std::vector<float> logits_b = random_logits(kRows, kVocab, rng, 3.0f);
+  const Batch a = make_batch(kRows, kVocab, setting, params, logits_a, rng);
+  const Batch b = make_batch(kRows, kVocab, setting, params, logits_b, rng);
+  DeviceTensor device_a = upload(logits_a, kRows, kVocab);
+  DeviceTensor device_b = upload(logits_b, kRows, kVocab);
+  const auto alone_a = sampler.sample(device_a.tensor, a.rows, nullptr);
+  const auto alone_b = sampler.sample(device_b.tensor, b.rows, nullptr);
+
+  sampler.launch(device_a.tensor, a.rows, nullptr);
+  sampler.launch(device_b.tensor, b.rows, nullptr);
+  EXPECT_THROW(sampler.launch(device_a.tensor, a.rows, nullptr), std::logic_error);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto got_a = sampler.collect();
+  const auto got_b = sampler.collect();
+  EXPECT_THROW(sampler.collect(), std::logic_error);
+  ASSERT_EQ(got_a.size(), alone_a.size());
+  for (int r = 0; r < kRows; ++r) {
+    EXPECT_EQ(got_a[r].token_id, alone_a[r].token_id) << "row " << r;
+    EXPECT_EQ(got_b[r].token_id, alone_b[r].token_id) << "row " << r;
+    EXPECT_EQ(got_a[r].logprobs->top, alone_a[r].logprobs->top) << "row " << r;
+    EXPECT_EQ(got_b[r].logprobs->top, alone_b[r].logprobs->top) << "row " << r;
+  }
+}
+
+// The ids of the latest launch land in the next step's input ids on the device, untouched
+// elsewhere: greedy rows whose argmax is known.
+TEST_F(CudaSampling, WriteSampledIdsPutsTheLatestIdsIntoInputIds) {
+  constexpr int kVocab = 5000, kRows = 5, kTokens = 11;
+  cuda::GpuSampler sampler(kRows, kVocab);
+  std::vector<float> logits(static_cast<size_t>(kRows) * kVocab, 0.0f);
+  const int best[kRows] = {17, 4999, 0, 2500, 123};
+  for (int r = 0; r < kRows; ++r) logits[static_cast<size_t>(r) * kVocab + best[r]] = 5.0f;
+  const SamplingParams greedy = make_params(0.0f, 0, 1.0f, 0.0f);
+  std::vector<SamplingRow> rows(kRows);
+  for (SamplingRow& row : rows) row.params = &greedy;
+  DeviceTensor device_logits = upload(logits, kRows, kVocab);
+  sampler.launch(device_logits.tensor, rows, nullptr);
+
+  std::vector<int32_t> ids(kTokens);
+  for (int t = 0; t < kTokens; ++t) ids[t] = -1 - t;       // poison
+  const std::vector<int32_t> pairs = {3, 1, 10, 4, 0, 0};  // (t, row)
+  DeviceTensor device_ids(DType::kI32, {kTokens});
+  DeviceTensor device_pairs(DType::kI32, {3, 2});
+  ASSERT_EQ(cudaMemcpy(device_ids.tensor.data, ids.data(), ids.size() * 4, cudaMemcpyDefault),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(device_pairs.tensor.data, pairs.data(), pairs.size() * 4, cudaMemcpyDefault),
+            cudaSuccess);
+  sampler.write_sampled_ids(device_ids.tensor, device_pairs.tensor, nullptr);
+  std::vector<int32_t> after(kTokens);
+  ASSERT_EQ(cudaMemcpy(after.data(), device_ids.tensor.data, after.size() * 4, cudaMemcpyDefault),
+            cudaSuccess);
+  for (int t = 0; t < kTokens; ++t) {
+    const int32_t expected = t == 3 ? best[1] : t == 10 ? best[4] : t == 0 ? best[0] : -1 - t;
+    EXPECT_EQ(after[t], expected) << "t " << t;
+  }
+  EXPECT_EQ(sampler.collect()[3].token_id, best[3]);
+}
+
 // Host-measured time per call (uploads, kernel, the result copy and the stream sync).
 double time_per_call_us(cuda::GpuSampler& sampler, const Tensor& logits,
                         const std::vector<SamplingRow>& rows) {

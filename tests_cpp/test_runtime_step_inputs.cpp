@@ -65,6 +65,39 @@ TEST(StepInputs, RejectsAStepLargerThanItsBuffers) {
   EXPECT_THROW(inputs.begin({4, 5, 1, 1}), std::logic_error);
   EXPECT_THROW(inputs.begin({4, 4, 5, 1}), std::logic_error);
   EXPECT_THROW(inputs.begin({4, 4, 4, 4}), std::logic_error);
+  EXPECT_THROW(inputs.begin({4, 2, 2, 3, 3}), std::logic_error);  // more pending than sequences
+}
+
+// The pending-token pairs come last: a graph captured without them reads the same addresses.
+TEST(StepInputs, PendingTokensComeLastAndMoveNothing) {
+  auto backend = make_cpu_backend(1);
+  StepInputs inputs(*backend, 16, 4, 3);
+  inputs.begin({4, 4, 4, 3});
+  const DeviceStepArrays without = inputs.upload();
+  HostStepArrays host = inputs.begin({4, 4, 4, 3, 2});
+  for (int i = 0; i < 4; ++i) host.pending_tokens[i] = 40 + i;
+  const DeviceStepArrays with = inputs.upload();
+  EXPECT_EQ(with.input_ids.data, without.input_ids.data);
+  EXPECT_EQ(with.block_table.data, without.block_table.data);
+  EXPECT_EQ(with.pending_tokens.shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(with.pending_tokens.ptr<int32_t>(), with.block_table.ptr<int32_t>() + 12);
+  EXPECT_EQ(with.pending_tokens.ptr<int32_t>()[3], 43);
+  EXPECT_EQ(without.pending_tokens.numel(), 0);
+}
+
+// The engine writes a step's arrays while the one before may still be uploading: consecutive
+// steps get different host buffers, every other step the same one.
+TEST(StepInputs, ConsecutiveStepsWriteDifferentHostBuffers) {
+  auto backend = make_cpu_backend(1);
+  StepInputs inputs(*backend, 16, 4, 3);
+  const StepShape shape{4, 4, 4, 3};
+  int32_t* first = inputs.begin(shape).input_ids;
+  inputs.upload();
+  int32_t* second = inputs.begin(shape).input_ids;
+  inputs.upload();
+  int32_t* third = inputs.begin(shape).input_ids;
+  EXPECT_NE(first, second);
+  EXPECT_EQ(first, third);
 }
 
 TEST(DecodeGraphs, BatchSizesAreOneTwoFourThenMultiplesOfEight) {

@@ -1,6 +1,7 @@
 #include "backend/cuda_backend.h"
 
 #include <chrono>
+#include <deque>
 #include <stdexcept>
 
 #include "activation/activation.h"
@@ -24,6 +25,9 @@ CudaBackend::CudaBackend(int device, DType compute_dtype)
   }
   use_device();
   EMBER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  for (cudaEvent_t& event : fence_events_) {
+    EMBER_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  }
   gemm_ = std::make_unique<Gemm>();
 }
 
@@ -32,6 +36,9 @@ CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
+  }
+  for (cudaEvent_t event : fence_events_) {
+    if (event != nullptr) cudaEventDestroy(event);
   }
 }
 
@@ -92,6 +99,27 @@ void CudaBackend::synchronize() {
   use_device();
   const auto start = std::chrono::steady_clock::now();
   EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  device_wait_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+uint64_t CudaBackend::record_fence() {
+  use_device();
+  const uint64_t fence = ++num_fences_;
+  EMBER_CUDA_CHECK(cudaEventRecord(fence_events_[fence % kNumFenceEvents], stream_));
+  return fence;
+}
+
+void CudaBackend::wait_for_fence(uint64_t fence) {
+  if (fence == 0 || fence > num_fences_) {
+    throw std::logic_error("wait_for_fence: fence " + std::to_string(fence) +
+                           " was never recorded (" + std::to_string(num_fences_) + " so far)");
+  }
+  use_device();
+  const auto start = std::chrono::steady_clock::now();
+  // NOTE: an event re-recorded since marks later work on the same stream, so waiting for it
+  // also covers the older fence (it only waits longer).
+  EMBER_CUDA_CHECK(cudaEventSynchronize(fence_events_[fence % kNumFenceEvents]));
   device_wait_seconds_ +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -186,16 +214,25 @@ class CudaLogitsSampler final : public LogitsSampler {
 
   void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) override {
     sampler_.launch(logits, rows, backend_.stream());
+    fences_.push_back(backend_.record_fence());
   }
 
+  // Waits for the oldest launch only: a step enqueued after it keeps the device busy meanwhile.
   std::vector<SampleResult> collect() override {
-    backend_.synchronize();  // counted as device wait
+    if (fences_.empty()) throw std::logic_error("CudaLogitsSampler::collect: nothing launched");
+    backend_.wait_for_fence(fences_.front());  // counted as device wait
+    fences_.pop_front();
     return sampler_.collect();
+  }
+
+  void write_sampled_ids(const Tensor& input_ids, const Tensor& pending) override {
+    sampler_.write_sampled_ids(input_ids, pending, backend_.stream());
   }
 
  private:
   CudaBackend& backend_;
   GpuSampler sampler_;
+  std::deque<uint64_t> fences_;  // one per launch not yet collected
 };
 
 }  // namespace

@@ -32,6 +32,8 @@ class CudaBackend final : public Backend {
   void copy_to_host(void* dst, Tensor src) override;
   void synchronize() override;
   double device_wait_seconds() const override { return device_wait_seconds_; }
+  uint64_t record_fence() override;
+  void wait_for_fence(uint64_t fence) override;
   bool supports_graphs() const override { return true; }
   std::unique_ptr<CapturedGraph> capture(const std::function<void()>& enqueue) override;
 
@@ -57,6 +59,11 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
   double device_wait_seconds_ = 0.0;
+  // Fence f is recorded in fence_events_[f % kNumFenceEvents]; the engine has at most two
+  // steps in flight, so a fence is waited for long before its event is recorded again.
+  static constexpr int kNumFenceEvents = 8;
+  cudaEvent_t fence_events_[kNumFenceEvents] = {};
+  uint64_t num_fences_ = 0;
 };
 
 }  // namespace engine::cuda

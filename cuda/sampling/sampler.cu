@@ -47,7 +47,13 @@ void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
     }
     if (p.repetition_penalty != 1.0f)
       check_token_ids(row.prompt_token_ids, vocab_size, r, "prompt");
-    if (has_penalties(p)) check_token_ids(row.output_token_ids, vocab_size, r, "output");
+    if (has_penalties(p)) {
+      check_token_ids(row.output_token_ids, vocab_size, r, "output");
+      if (row.num_pending_outputs > 0) {
+        throw std::logic_error("GpuSampler row " + std::to_string(r) +
+                               " applies penalties but its last output is still pending");
+      }
+    }
     if (p.logprobs.has_value() && (*p.logprobs < 0 || *p.logprobs > SamplingParams::kMaxLogprobs)) {
       throw std::invalid_argument("GpuSampler row " + std::to_string(r) + ": logprobs " +
                                   std::to_string(*p.logprobs) + " is outside [0, " +
@@ -102,7 +108,7 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
                  : 0);
   if (!p.is_greedy()) {
     a.inv_temperature = 1.0f / p.temperature;
-    a.u = uniform_draw(row.seed, row.output_token_ids.size());
+    a.u = uniform_draw(row.seed, row.output_index());
   }
   a.num_logprobs = p.logprobs.has_value() ? std::min(*p.logprobs, vocab_size) : -1;
   a.top_offset = num_top;
@@ -122,18 +128,27 @@ void GpuSampler::release() {
   cudaFree(work_);
   cudaFree(marks_);
   cudaFree(keys_);
-  cudaFree(upload_);
-  cudaFree(results_);
-  cudaFreeHost(upload_host_);
-  cudaFreeHost(results_host_);
+  for (Slot& slot : slots_) {
+    cudaFree(slot.upload);
+    cudaFree(slot.results);
+    cudaFreeHost(slot.upload_host);
+    cudaFreeHost(slot.results_host);
+  }
 }
 
 void GpuSampler::reserve(int num_rows, int vocab_size) {
   if (num_rows <= capacity_rows_ && vocab_size <= capacity_vocab_) return;
+  if (num_launches_ != num_collects_) {
+    // The outstanding launch's results would be freed before collect() reads them.
+    throw std::logic_error(
+        "GpuSampler: " + std::to_string(num_rows) + " rows of vocab " + std::to_string(vocab_size) +
+        " exceed the " + std::to_string(capacity_rows_) + " x " + std::to_string(capacity_vocab_) +
+        " it holds, and it cannot grow while a launch is outstanding");
+  }
   const int rows = std::max(num_rows, capacity_rows_);
   const int vocab = std::max(vocab_size, capacity_vocab_);
   const size_t n = static_cast<size_t>(rows) * vocab;
-  // NOTE: a grow happens between calls, after the previous call synchronised its stream.
+  // NOTE: cudaFree waits for the device, so no launch still in flight reads a freed buffer.
   cudaFree(work_);
   cudaFree(marks_);
   cudaFree(keys_);
@@ -148,29 +163,34 @@ void GpuSampler::reserve(int num_rows, int vocab_size) {
   capacity_vocab_ = vocab;
   const size_t results = align8(rows * sizeof(RowResult)) +
                          static_cast<size_t>(rows) * SamplingParams::kMaxLogprobs * 8;
-  reserve_uploads(rows * sizeof(RowArgs), 0);
-  if (results > capacity_result_bytes_) {
-    cudaFree(results_);
-    cudaFreeHost(results_host_);
-    results_ = nullptr;
-    results_host_ = nullptr;
-    EMBER_CUDA_CHECK(cudaMalloc(&results_, results));
-    EMBER_CUDA_CHECK(cudaMallocHost(&results_host_, results));
-    capacity_result_bytes_ = results;
+  for (Slot& slot : slots_) {
+    reserve_uploads(slot, rows * sizeof(RowArgs));
+    reserve_results(slot, results);
   }
 }
 
-void GpuSampler::reserve_uploads(size_t num_args_bytes, size_t num_tokens) {
-  const size_t bytes = align8(num_args_bytes) + num_tokens * sizeof(int);
-  if (bytes <= capacity_upload_bytes_) return;
-  const size_t grown = std::max(bytes, 2 * capacity_upload_bytes_);
-  cudaFree(upload_);
-  cudaFreeHost(upload_host_);
-  upload_ = nullptr;
-  upload_host_ = nullptr;
-  EMBER_CUDA_CHECK(cudaMalloc(&upload_, grown));
-  EMBER_CUDA_CHECK(cudaMallocHost(&upload_host_, grown));
-  capacity_upload_bytes_ = grown;
+// A slot grows only when it is launched again, after its previous launch was collected.
+void GpuSampler::reserve_uploads(Slot& slot, size_t bytes) {
+  if (bytes <= slot.upload_capacity) return;
+  const size_t grown = std::max(bytes, 2 * slot.upload_capacity);
+  cudaFree(slot.upload);
+  cudaFreeHost(slot.upload_host);
+  slot.upload = nullptr;
+  slot.upload_host = nullptr;
+  EMBER_CUDA_CHECK(cudaMalloc(&slot.upload, grown));
+  EMBER_CUDA_CHECK(cudaMallocHost(&slot.upload_host, grown));
+  slot.upload_capacity = grown;
+}
+
+void GpuSampler::reserve_results(Slot& slot, size_t bytes) {
+  if (bytes <= slot.result_capacity) return;
+  cudaFree(slot.results);
+  cudaFreeHost(slot.results_host);
+  slot.results = nullptr;
+  slot.results_host = nullptr;
+  EMBER_CUDA_CHECK(cudaMalloc(&slot.results, bytes));
+  EMBER_CUDA_CHECK(cudaMallocHost(&slot.results_host, bytes));
+  slot.result_capacity = bytes;
 }
 
 std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
@@ -184,6 +204,10 @@ std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
 void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& rows,
                         cudaStream_t stream) {
   constexpr const char* kName = "GpuSampler::sample";
+  if (num_launches_ - num_collects_ >= kNumSlots) {
+    throw std::logic_error("GpuSampler::launch: " + std::to_string(kNumSlots) +
+                           " launches are outstanding; collect() the oldest first");
+  }
   arg_check::rank(kName, "logits", logits, 2);
   arg_check::dtype(kName, "logits", logits, DType::kF32);
   arg_check::size(kName, "logits", logits, 0, static_cast<int64_t>(rows.size()),
@@ -195,16 +219,18 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
                                 std::to_string(vocab_size) + " but must be positive");
   }
   check_rows(rows, vocab_size);
-  last_rows_.assign(rows.size(), RowLogprobs{-1, 0});
+  if (num_rows > 0) reserve(num_rows, vocab_size);
+  Slot& slot = slots_[num_launches_ % kNumSlots];
+  ++num_launches_;
+  slot.rows.assign(rows.size(), RowLogprobs{-1, 0});
   if (num_rows == 0) return;
-  reserve(num_rows, vocab_size);
-  auto* results = reinterpret_cast<RowResult*>(results_);
+  auto* results = reinterpret_cast<RowResult*>(slot.results);
 
   if (all_plain_greedy(rows)) {
     sampling::argmax_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(logits.ptr<float>(),
                                                                               vocab_size, results);
     EMBER_CUDA_CHECK_LAUNCH();
-    EMBER_CUDA_CHECK(cudaMemcpyAsync(results_host_, results, num_rows * sizeof(RowResult),
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, results, num_rows * sizeof(RowResult),
                                      cudaMemcpyDeviceToHost, stream));
     return;
   }
@@ -214,46 +240,72 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   int num_top = 0;
   for (int r = 0; r < num_rows; ++r) {
     args[r] = make_row_args(rows[r], vocab_size, tokens, num_top);
-    last_rows_[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
+    slot.rows[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
   }
   const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
-  reserve_uploads(args_bytes, tokens.size());
-  std::memcpy(upload_host_, args.data(), args.size() * sizeof(RowArgs));
-  std::memcpy(upload_host_ + args_bytes, tokens.data(), tokens.size() * sizeof(int));
-  EMBER_CUDA_CHECK(cudaMemcpyAsync(upload_, upload_host_, args_bytes + tokens.size() * sizeof(int),
-                                   cudaMemcpyHostToDevice, stream));
+  reserve_uploads(slot, args_bytes + tokens.size() * sizeof(int));
+  std::memcpy(slot.upload_host, args.data(), args.size() * sizeof(RowArgs));
+  std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens.size() * sizeof(int));
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.upload, slot.upload_host,
+                                   args_bytes + tokens.size() * sizeof(int), cudaMemcpyHostToDevice,
+                                   stream));
 
   // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
-  top_ids_offset_ = align8(num_rows * sizeof(RowResult));
-  top_logprobs_offset_ = top_ids_offset_ + num_top * sizeof(int);
-  const size_t result_bytes = top_logprobs_offset_ + num_top * sizeof(float);
+  slot.top_ids_offset = align8(num_rows * sizeof(RowResult));
+  slot.top_logprobs_offset = slot.top_ids_offset + num_top * sizeof(int);
+  const size_t result_bytes = slot.top_logprobs_offset + num_top * sizeof(float);
   // Fixed-point masses: vocab_size weights of at most 1 stay below 2^62.
   const int shift = 62 - std::bit_width(static_cast<unsigned>(vocab_size));
   const sampling::Workspace ws{work_, marks_, reinterpret_cast<uint64_t*>(keys_)};
   sampling::sample_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(
-      logits.ptr<float>(), vocab_size, reinterpret_cast<const RowArgs*>(upload_),
-      reinterpret_cast<const int*>(upload_ + args_bytes), ws, std::ldexp(1.0, shift), results,
-      reinterpret_cast<int*>(results_ + top_ids_offset_),
-      reinterpret_cast<float*>(results_ + top_logprobs_offset_));
+      logits.ptr<float>(), vocab_size, reinterpret_cast<const RowArgs*>(slot.upload),
+      reinterpret_cast<const int*>(slot.upload + args_bytes), ws, std::ldexp(1.0, shift), results,
+      reinterpret_cast<int*>(slot.results + slot.top_ids_offset),
+      reinterpret_cast<float*>(slot.results + slot.top_logprobs_offset));
   EMBER_CUDA_CHECK_LAUNCH();
-  EMBER_CUDA_CHECK(
-      cudaMemcpyAsync(results_host_, results_, result_bytes, cudaMemcpyDeviceToHost, stream));
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, slot.results, result_bytes,
+                                   cudaMemcpyDeviceToHost, stream));
 }
 
-std::vector<SampleResult> GpuSampler::collect() const {
-  std::vector<SampleResult> out(last_rows_.size());
-  const auto* results_host = reinterpret_cast<const RowResult*>(results_host_);
-  const auto* top_ids = reinterpret_cast<const int*>(results_host_ + top_ids_offset_);
-  const auto* top_logprobs = reinterpret_cast<const float*>(results_host_ + top_logprobs_offset_);
-  for (size_t r = 0; r < last_rows_.size(); ++r) {
+void GpuSampler::write_sampled_ids(const Tensor& input_ids, const Tensor& pending,
+                                   cudaStream_t stream) const {
+  constexpr const char* kName = "GpuSampler::write_sampled_ids";
+  arg_check::dtype(kName, "input_ids", input_ids, DType::kI32);
+  arg_check::dtype(kName, "pending", pending, DType::kI32);
+  arg_check::rank(kName, "pending", pending, 2);
+  const int num_pending = static_cast<int>(pending.size(0));
+  if (num_pending == 0) return;
+  if (num_launches_ == 0) {
+    throw std::logic_error(std::string(kName) + ": no launch has sampled the pending ids");
+  }
+  const Slot& slot = slots_[(num_launches_ - 1) % kNumSlots];
+  constexpr int kBlock = 128;
+  sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
+      reinterpret_cast<const RowResult*>(slot.results), pending.ptr<int32_t>(), num_pending,
+      input_ids.ptr<int32_t>());
+  EMBER_CUDA_CHECK_LAUNCH();
+}
+
+std::vector<SampleResult> GpuSampler::collect() {
+  if (num_collects_ == num_launches_) {
+    throw std::logic_error("GpuSampler::collect: every launch has been collected");
+  }
+  const Slot& slot = slots_[num_collects_ % kNumSlots];
+  ++num_collects_;
+  std::vector<SampleResult> out(slot.rows.size());
+  const auto* results_host = reinterpret_cast<const RowResult*>(slot.results_host);
+  const auto* top_ids = reinterpret_cast<const int*>(slot.results_host + slot.top_ids_offset);
+  const auto* top_logprobs =
+      reinterpret_cast<const float*>(slot.results_host + slot.top_logprobs_offset);
+  for (size_t r = 0; r < slot.rows.size(); ++r) {
     const RowResult& res = results_host[r];
     out[r].token_id = res.token_id;
-    if (last_rows_[r].num_logprobs < 0) continue;
+    if (slot.rows[r].num_logprobs < 0) continue;
     TokenLogprobs lp;
     lp.token_id = res.token_id;
     lp.logprob = res.logprob;
     lp.rank = res.rank;
-    const int offset = last_rows_[r].top_offset;
+    const int offset = slot.rows[r].top_offset;
     for (int j = 0; j < res.num_top; ++j) {
       lp.top.emplace_back(top_ids[offset + j], top_logprobs[offset + j]);
     }

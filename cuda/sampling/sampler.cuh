@@ -630,4 +630,14 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) results[blockIdx.x] = {token, 0, 0.0f, 0};
 }
 
+// input_ids[pending[p][0]] = results[pending[p][1]].token_id: the ids a launch sampled become
+// inputs of the step enqueued after it, without a round trip through the host.
+__global__ void write_sampled_ids_kernel(const RowResult* __restrict__ results,  // [rows]
+                                         const int32_t* __restrict__ pending,    // [P, 2]
+                                         int num_pending,
+                                         int32_t* __restrict__ input_ids) {  // [T]
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p < num_pending) input_ids[pending[2 * p]] = results[pending[2 * p + 1]].token_id;
+}
+
 }  // namespace engine::cuda::sampling

@@ -29,14 +29,38 @@ class GpuSampler {
   std::vector<SampleResult> sample(const Tensor& logits, const std::vector<SamplingRow>& rows,
                                    cudaStream_t stream);
   // sample() in two halves, so the caller can wait for the stream its own way: launch enqueues
-  // the kernels and the copy of the results to pinned host memory; collect reads them once the
-  // stream has been synchronized.
+  // the kernels and the copy of the results to pinned host memory; collect reads the results
+  // of the oldest launch not yet collected, once the caller has waited for its work. Two
+  // launches may be outstanding: each has its own uploads and results.
   void launch(const Tensor& logits, const std::vector<SamplingRow>& rows, cudaStream_t stream);
-  std::vector<SampleResult> collect() const;
+  std::vector<SampleResult> collect();
+  // Enqueues input_ids[pending[p][0]] = the id that the latest launch samples in row
+  // pending[p][1], for each of the P pairs (device tensors, i32).
+  void write_sampled_ids(const Tensor& input_ids /*[T]*/, const Tensor& pending /*[P, 2]*/,
+                         cudaStream_t stream) const;
 
  private:
+  // One launch's uploads and results: device buffers with pinned host mirrors.
+  struct RowLogprobs {
+    int num_logprobs;  // -1: none asked
+    int top_offset;
+  };
+  struct Slot {
+    size_t upload_capacity = 0;
+    char* upload = nullptr;
+    char* upload_host = nullptr;
+    size_t result_capacity = 0;
+    char* results = nullptr;
+    char* results_host = nullptr;
+    // What collect() needs of the launch.
+    std::vector<RowLogprobs> rows;
+    size_t top_ids_offset = 0, top_logprobs_offset = 0;
+  };
+  static constexpr int kNumSlots = 2;
+
   void reserve(int num_rows, int vocab_size);
-  void reserve_uploads(size_t num_args_bytes, size_t num_tokens);
+  static void reserve_uploads(Slot& slot, size_t bytes);
+  static void reserve_results(Slot& slot, size_t bytes);
   void release();
 
   int capacity_rows_ = 0;
@@ -45,20 +69,8 @@ class GpuSampler {
   float* work_ = nullptr;
   int* marks_ = nullptr;  // kept all zero between calls
   unsigned long long* keys_ = nullptr;
-  // Per-call uploads and results: device buffers with pinned host mirrors.
-  size_t capacity_upload_bytes_ = 0;
-  char* upload_ = nullptr;
-  char* upload_host_ = nullptr;
-  // What collect() needs of the last launch.
-  struct RowLogprobs {
-    int num_logprobs;  // -1: none asked
-    int top_offset;
-  };
-  std::vector<RowLogprobs> last_rows_;
-  size_t top_ids_offset_ = 0, top_logprobs_offset_ = 0;
-  size_t capacity_result_bytes_ = 0;
-  char* results_ = nullptr;
-  char* results_host_ = nullptr;
+  Slot slots_[kNumSlots];
+  uint64_t num_launches_ = 0, num_collects_ = 0;  // launch i uses slots_[i % kNumSlots]
 };
 
 }  // namespace engine::cuda

@@ -76,6 +76,11 @@ class Backend {
   // Waits for all enqueued work; the time spent blocked adds to device_wait_seconds().
   virtual void synchronize() {}
   virtual double device_wait_seconds() const { return 0.0; }
+  // A mark after the work enqueued so far: wait_for_fence() blocks until that work is done,
+  // not what was enqueued after it (the time counts in device_wait_seconds()). Where the
+  // backend has no queue the work is done already and both return at once.
+  virtual uint64_t record_fence() { return 0; }
+  virtual void wait_for_fence(uint64_t fence) { (void)fence; }
   // Free and total device memory, for sizing the KV cache; nothing on the CPU (sized by config).
   virtual std::optional<DeviceMemory> memory_info() const { return std::nullopt; }
 

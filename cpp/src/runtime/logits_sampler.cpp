@@ -1,5 +1,9 @@
 #include "runtime/logits_sampler.h"
 
+#include <deque>
+#include <stdexcept>
+#include <string>
+
 namespace engine {
 namespace {
 
@@ -13,16 +17,48 @@ class HostLogitsSampler final : public LogitsSampler {
     const auto num_values = static_cast<size_t>(logits.numel());
     if (host_logits_.size() < num_values) host_logits_.resize(num_values);
     backend_.copy_to_host(host_logits_.data(), logits);
-    results_ = sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), rows);
+    if (results_.size() >= 2) {
+      throw std::logic_error("HostLogitsSampler::launch: two launches are outstanding; collect()");
+    }
+    results_.push_back(
+        sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), rows));
   }
 
-  std::vector<SampleResult> collect() override { return std::move(results_); }
+  std::vector<SampleResult> collect() override {
+    if (results_.empty()) throw std::logic_error("HostLogitsSampler::collect: nothing launched");
+    std::vector<SampleResult> oldest = std::move(results_.front());
+    results_.pop_front();
+    return oldest;
+  }
+
+  // The ids are on the host already; each is copied to its place in input_ids.
+  void write_sampled_ids(const Tensor& input_ids, const Tensor& pending) override {
+    const int64_t num_pending = pending.numel() / 2;
+    if (num_pending == 0) return;
+    if (results_.empty()) {
+      throw std::logic_error("HostLogitsSampler::write_sampled_ids: nothing launched");
+    }
+    pairs_.resize(static_cast<size_t>(pending.numel()));
+    backend_.copy_to_host(pairs_.data(), pending);
+    const std::vector<SampleResult>& latest = results_.back();
+    for (int64_t p = 0; p < num_pending; ++p) {
+      const int32_t t = pairs_[2 * p];
+      if (t < 0 || t >= input_ids.numel()) {
+        throw std::out_of_range("write_sampled_ids: token index " + std::to_string(t) +
+                                " is outside the step's " + std::to_string(input_ids.numel()));
+      }
+      const int32_t id = latest.at(static_cast<size_t>(pairs_[2 * p + 1])).token_id;
+      auto* dst = input_ids.ptr<int32_t>() + t;
+      backend_.copy_from_host(Tensor(dst, DType::kI32, {1}, input_ids.device), &id);
+    }
+  }
 
  private:
   Backend& backend_;
   std::vector<float> host_logits_;
   Sampler sampler_;
-  std::vector<SampleResult> results_;
+  std::deque<std::vector<SampleResult>> results_;  // one per launch not yet collected
+  std::vector<int32_t> pairs_;
 };
 
 }  // namespace

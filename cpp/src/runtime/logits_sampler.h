@@ -15,10 +15,15 @@ class LogitsSampler {
  public:
   virtual ~LogitsSampler() = default;
   // Enqueues the sampling of logits ([rows.size(), vocab] f32 on the backend's device) after
-  // the work already on the device; the rows are read before this returns.
+  // the work already on the device; the rows are read before this returns. At most two
+  // launches are outstanding (not yet collected).
   virtual void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) = 0;
-  // Waits for the last launch and returns its results, one per row.
+  // Waits for the oldest outstanding launch and returns its results, one per row.
   virtual std::vector<SampleResult> collect() = 0;
+  // Enqueues input_ids[pending[p][0]] = the id the latest launch samples in row pending[p][1]
+  // (device tensors, i32): the next step's inputs take the ids without waiting for them.
+  virtual void write_sampled_ids(const Tensor& input_ids /*[T]*/,
+                                 const Tensor& pending /*[P, 2]*/) = 0;
 };
 
 // The sampler for this backend: the device sampler where the backend has one, else copy to

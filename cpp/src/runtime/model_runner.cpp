@@ -213,6 +213,18 @@ ModelRunner::StepPlan ModelRunner::plan_step(const SchedulerOutput& scheduled) c
   bool pure_decode = true;
   for (const ScheduledSequence& seq : scheduled.scheduled) {
     const SequenceState& state = sequences_.at(seq.seq_id);
+    const int num_known = static_cast<int>(state.token_ids.size());
+    const int end = seq.num_computed_tokens + seq.num_scheduled_tokens;
+    if (end > num_known) {
+      // Only the one token a step in flight samples may be missing.
+      if (end != num_known + 1 || state.num_pending != 1) {
+        throw std::logic_error("sequence " + std::to_string(seq.seq_id) + " is scheduled up to " +
+                               std::to_string(end) + " tokens but has " +
+                               std::to_string(num_known) + " and " +
+                               std::to_string(state.num_pending) + " pending");
+      }
+      ++plan.shape.num_pending;
+    }
     plan.shape.num_tokens += seq.num_scheduled_tokens;
     plan.shape.num_logits += seq.sample ? 1 : 0;
     plan.num_prompt_rows += num_prompt_rows(seq, state);
@@ -228,26 +240,36 @@ ModelRunner::StepPlan ModelRunner::plan_step(const SchedulerOutput& scheduled) c
   plan.num_real_seqs = num_seqs;
   if (pure_decode && plan.num_prompt_rows == 0) {
     if (std::optional<int> bucket = graphs_.bucket_for(num_seqs)) {
+      const int num_pending = plan.shape.num_pending;
       plan = padded_decode_plan(*bucket);
       plan.num_real_seqs = num_seqs;
+      plan.shape.num_pending = num_pending;
     }
   }
   return plan;
 }
 
 void ModelRunner::write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan,
-                               HostStepArrays host) {
+                               HostStepArrays host, InFlightStep& step) {
   const int width = plan.shape.block_table_width;
   const int block_size = config_.block_size;
-  int t = 0, s = 0;
+  int t = 0, s = 0, p = 0;
   host.query_start_loc[0] = 0;
-  sampled_seq_ids_.clear();
+  step.sampled_seq_ids.clear();
   for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
     const ScheduledSequence& seq = scheduled.scheduled[i];
     const SequenceState& state = sequences_.at(seq.seq_id);
+    const int num_known = static_cast<int>(state.token_ids.size());
     for (int k = 0; k < seq.num_scheduled_tokens; ++k, ++t) {
       const int position = seq.num_computed_tokens + k;
-      host.input_ids[t] = state.token_ids.at(position);
+      if (position < num_known) {
+        host.input_ids[t] = state.token_ids[position];
+      } else {  // the token the step in flight samples (plan_step checked there is one)
+        host.input_ids[t] = 0;
+        host.pending_tokens[2 * p] = t;
+        host.pending_tokens[2 * p + 1] = state.pending_row;
+        ++p;
+      }
       host.positions[t] = position;
       host.slot_mapping[t] =
           state.block_ids.at(position / block_size) * block_size + position % block_size;
@@ -259,11 +281,19 @@ void ModelRunner::write_inputs(const SchedulerOutput& scheduled, const StepPlan&
     std::fill(row + state.block_ids.size(), row + width, 0);  // null-block padding
     if (seq.sample) {
       host.logits_indices[s++] = t - 1;
-      sampled_seq_ids_.push_back(seq.seq_id);
+      step.sampled_seq_ids.push_back(seq.seq_id);
     }
   }
-  write_prompt_rows(scheduled, plan, host, s);
+  write_prompt_rows(scheduled, plan, host, s, step);
   write_padding_rows(host, plan.num_real_seqs, plan.shape.num_seqs, width);
+}
+
+void ModelRunner::mark_pending(const InFlightStep& step) {
+  for (size_t row = 0; row < step.sampled_seq_ids.size(); ++row) {
+    SequenceState& state = sequences_.at(step.sampled_seq_ids[row]);
+    ++state.num_pending;
+    state.pending_row = static_cast<int>(row);
+  }
 }
 
 // The rows at positions p of the step with p + 1 still in the prompt: logits at p score token
@@ -279,9 +309,9 @@ int ModelRunner::num_prompt_rows(const ScheduledSequence& seq, const SequenceSta
 }
 
 void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
-                                    HostStepArrays host, int first_row) {
-  prompt_rows_.clear();
-  prompt_targets_.clear();
+                                    HostStepArrays host, int first_row, InFlightStep& step) {
+  step.prompt_rows.clear();
+  step.prompt_targets.clear();
   if (plan.num_prompt_rows == 0) return;  // the common step: no sequence scores its prompt
   int row = first_row;
   for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
@@ -292,29 +322,30 @@ void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, const Step
     const int first_token = host.query_start_loc[i];
     for (int k = 0; k < count; ++k) {
       host.logits_indices[row++] = first_token + k;
-      prompt_targets_.push_back(state.token_ids[seq.num_computed_tokens + k + 1]);
+      step.prompt_targets.push_back(state.token_ids[seq.num_computed_tokens + k + 1]);
     }
-    prompt_rows_.push_back({seq.seq_id, seq.num_computed_tokens + 1, count});
+    step.prompt_rows.push_back({seq.seq_id, seq.num_computed_tokens + 1, count});
   }
 }
 
-std::vector<PromptLogprobsChunk> ModelRunner::score_prompt_rows(int first_row) {
+std::vector<PromptLogprobsChunk> ModelRunner::score_prompt_rows(const InFlightStep& step) {
   std::vector<PromptLogprobsChunk> chunks;
-  if (prompt_rows_.empty()) return chunks;
+  if (step.prompt_rows.empty()) return chunks;
   const int64_t vocab = model_.config().vocab_size;
-  const auto num_rows = static_cast<int64_t>(prompt_targets_.size());
+  const auto first_row = static_cast<int64_t>(step.sampled_seq_ids.size());
+  const auto num_rows = static_cast<int64_t>(step.prompt_targets.size());
   prompt_logits_host_.resize(static_cast<size_t>(num_rows * vocab));
-  const Tensor rows(static_cast<float*>(step_logits_) + first_row * vocab, DType::kF32,
+  const Tensor rows(static_cast<float*>(step.logits) + first_row * vocab, DType::kF32,
                     {num_rows, vocab}, backend_.device_type());
   backend_.copy_to_host(prompt_logits_host_.data(), rows);
   const float* logits = prompt_logits_host_.data();
+  const std::span<const int> targets(step.prompt_targets);
   int offset = 0;
-  for (const PromptRows& part : prompt_rows_) {
+  for (const PromptRows& part : step.prompt_rows) {
     const int num_top = *sequences_.at(part.seq_id).params.prompt_logprobs;
-    chunks.push_back(
-        {part.seq_id, part.first_position,
-         score_tokens(logits + offset * vocab, static_cast<int>(vocab),
-                      std::span<const int>(prompt_targets_).subspan(offset, part.count), num_top)});
+    chunks.push_back({part.seq_id, part.first_position,
+                      score_tokens(logits + offset * vocab, static_cast<int>(vocab),
+                                   targets.subspan(offset, part.count), num_top)});
     offset += part.count;
   }
   return chunks;
@@ -330,9 +361,10 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
     const std::span<const int> tokens(state.token_ids);
     row.prompt_token_ids = tokens.first(state.num_prompt_tokens);
     row.output_token_ids = tokens.subspan(state.num_prompt_tokens);
+    row.num_pending_outputs = state.num_pending;
     row.seed = state.sampling_seed;
     // NOTE: until min_tokens are out, every token that would finish the sequence is masked.
-    if (static_cast<int>(row.output_token_ids.size()) < state.params.min_tokens) {
+    if (static_cast<int>(row.output_index()) < state.params.min_tokens) {
       row.masked_token_ids = state.params.stop_token_ids;
       if (!state.params.ignore_eos) {
         for (int eos : config_.eos_token_ids) {
@@ -345,45 +377,78 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
   return rows;
 }
 
+bool ModelRunner::samples_with_penalties(const std::vector<SeqId>& seq_ids) const {
+  return std::any_of(seq_ids.begin(), seq_ids.end(), [this](SeqId seq_id) {
+    const SamplingParams& p = sequences_.at(seq_id).params;
+    return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f ||
+           p.presence_penalty != 0.0f;
+  });
+}
+
+bool ModelRunner::can_launch_ahead() const {
+  return num_in_flight_ == 1 && !steps_[oldest_].blocks_launch_ahead;
+}
+
 void ModelRunner::launch(const SchedulerOutput& scheduled) {
-  if (in_flight_) throw std::logic_error("ModelRunner::launch: finish() the previous step first");
+  if (num_in_flight_ == 2 || (num_in_flight_ == 1 && !can_launch_ahead())) {
+    throw std::logic_error(
+        "ModelRunner::launch: finish() the step in flight first (it scores prompt tokens or "
+        "applies penalties, or two are in flight)");
+  }
   apply_state_updates(scheduled);
   if (scheduled.scheduled.empty()) return;
 
   const StepPlan plan = plan_step(scheduled);
-  step_logits_ = logits_for(plan);
-  write_inputs(scheduled, plan, inputs_.begin(plan.shape));
+  InFlightStep& step = steps_[(oldest_ + num_in_flight_) % 2];
+  step.logits = logits_for(plan);
+  write_inputs(scheduled, plan, inputs_.begin(plan.shape), step);
   const DeviceStepArrays device = inputs_.upload();
+  // Ids the step in flight samples become this step's inputs on the device, after its sampling.
+  if (plan.shape.num_pending > 0)
+    sampler_->write_sampled_ids(device.input_ids, device.pending_tokens);
   if (plan.graph_batch_size) {
     graphs_.replay(*plan.graph_batch_size, device.input_ids.data);
   } else {
-    run_forward(plan, device, kv_cache_, step_logits_);
+    run_forward(plan, device, kv_cache_, step.logits);
   }
-  in_flight_ = true;
-  const int64_t num_rows = static_cast<int64_t>(sampled_seq_ids_.size());
-  if (num_rows == 0) return;
-  // Built while the device runs the forward.
-  const std::vector<SamplingRow> rows = sampling_rows(sampled_seq_ids_);
-  Tensor logits(step_logits_, DType::kF32, {num_rows, model_.config().vocab_size},
-                backend_.device_type());
-  sampler_->launch(logits, rows);
+  ++num_in_flight_;
+  step.blocks_launch_ahead =
+      !step.prompt_rows.empty() || samples_with_penalties(step.sampled_seq_ids);
+  const int64_t num_rows = static_cast<int64_t>(step.sampled_seq_ids.size());
+  if (num_rows > 0) {
+    // Built while the device runs the forward.
+    const std::vector<SamplingRow> rows = sampling_rows(step.sampled_seq_ids);
+    Tensor logits(step.logits, DType::kF32, {num_rows, model_.config().vocab_size},
+                  backend_.device_type());
+    sampler_->launch(logits, rows);
+    mark_pending(step);
+  }
+  step.fence = backend_.record_fence();
 }
 
 ModelRunnerOutput ModelRunner::finish() {
   ModelRunnerOutput output;
-  if (!in_flight_) return output;
-  in_flight_ = false;
-  if (sampled_seq_ids_.empty()) {
-    backend_.synchronize();  // the staged inputs are rewritten by the next step
-    output.prompt_logprobs = score_prompt_rows(0);
+  if (num_in_flight_ == 0) return output;
+  const InFlightStep& step = steps_[oldest_];
+  oldest_ = (oldest_ + 1) % 2;
+  --num_in_flight_;
+  // Its staged inputs are rewritten by the step after next, and its logits read below.
+  backend_.wait_for_fence(step.fence);
+  if (step.sampled_seq_ids.empty()) {
+    output.prompt_logprobs = score_prompt_rows(step);
     return output;
   }
   const std::vector<SampleResult> results = sampler_->collect();
-  output.prompt_logprobs = score_prompt_rows(static_cast<int>(sampled_seq_ids_.size()));
+  output.prompt_logprobs = score_prompt_rows(step);
   output.sampled.reserve(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
-    const SeqId seq_id = sampled_seq_ids_[i];
-    sequences_.at(seq_id).token_ids.push_back(results[i].token_id);
+    const SeqId seq_id = step.sampled_seq_ids[i];
+    // A sequence finished, aborted or preempted since has no state; its token still goes out.
+    auto state = sequences_.find(seq_id);
+    if (state != sequences_.end()) {
+      state->second.token_ids.push_back(results[i].token_id);
+      if (--state->second.num_pending == 0) state->second.pending_row = -1;
+    }
     output.sampled.push_back({seq_id, results[i].token_id, results[i].logprobs});
   }
   return output;

@@ -48,10 +48,17 @@ class ModelRunner {
   std::vector<int> decode_graph_batch_sizes() const { return graphs_.batch_sizes(); }
 
   // Enqueues the step's forward and sampling and returns without waiting for the device;
-  // finish() waits and returns the sampled tokens. One step may be in flight at a time.
+  // finish() waits for the oldest step in flight and returns its sampled tokens. Two steps may
+  // be in flight when can_launch_ahead() allowed the second: its sequences may then compute
+  // the token the first samples for them, which the device writes into the second's inputs.
   void launch(const SchedulerOutput& scheduled);
   ModelRunnerOutput finish();
   ModelRunnerOutput execute(const SchedulerOutput& scheduled);  // launch, then finish
+  // Whether a step may be launched before the one in flight is finished: exactly one is in
+  // flight, it scores no prompt tokens (their logits are read back after the step) and none of
+  // the sequences it samples applies penalties (the next sampling would need the token).
+  bool can_launch_ahead() const;
+  int num_in_flight() const { return num_in_flight_; }
 
  private:
   struct SequenceState {
@@ -61,12 +68,26 @@ class ModelRunner {
     uint64_t sampling_seed = 0;
     std::vector<int> block_ids;
     bool prompt_logprobs = false;  // score the prompt while it is computed
+    // Tokens sampled by steps in flight, not yet in token_ids, and the row of the latest such
+    // step that samples one: the next step's input at position token_ids.size() comes from it.
+    int num_pending = 0;
+    int pending_row = -1;
   };
   // Logits rows that score prompt tokens [first_position, first_position + count).
   struct PromptRows {
     SeqId seq_id = 0;
     int first_position = 0;
     int count = 0;
+  };
+  // What finish() needs of a launched step; two are kept and reused, so a step allocates
+  // nothing once their vectors have grown.
+  struct InFlightStep {
+    std::vector<SeqId> sampled_seq_ids;   // in sampled-row order
+    std::vector<PromptRows> prompt_rows;  // after the sampled rows
+    std::vector<int> prompt_targets;      // the prompt token each prompt row scores
+    void* logits = nullptr;               // [rows, vocab] f32
+    uint64_t fence = 0;                   // after the step's work
+    bool blocks_launch_ahead = false;     // see can_launch_ahead()
   };
   // A step's shape and what the attention kernels plan with.
   struct StepPlan {
@@ -80,7 +101,10 @@ class ModelRunner {
 
   void apply_state_updates(const SchedulerOutput& scheduled);
   StepPlan plan_step(const SchedulerOutput& scheduled) const;
-  void write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan, HostStepArrays host);
+  void write_inputs(const SchedulerOutput& scheduled, const StepPlan& plan, HostStepArrays host,
+                    InFlightStep& step);
+  // The sampled rows' states, once the step is enqueued: each has one more token pending.
+  void mark_pending(const InFlightStep& step);
   // Enqueues the model's forward over uploaded step inputs (eagerly; also what a graph records),
   // writing [plan.shape.num_logits, vocab] f32 logits to `logits`.
   void run_forward(const StepPlan& plan, const DeviceStepArrays& device,
@@ -90,9 +114,10 @@ class ModelRunner {
   void* logits_for(const StepPlan& plan);
   int num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const;
   void write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
-                         HostStepArrays host, int first_row);
-  std::vector<PromptLogprobsChunk> score_prompt_rows(int first_row);
+                         HostStepArrays host, int first_row, InFlightStep& step);
+  std::vector<PromptLogprobsChunk> score_prompt_rows(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
+  bool samples_with_penalties(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
 
   Backend& backend_;
@@ -105,14 +130,12 @@ class ModelRunner {
   Buffer logits_buffer_;         // [max_num_seqs, vocab] f32; what graphs write
   Buffer prompt_logits_buffer_;  // [rows, vocab] f32 for steps with prompt rows; grows
   int64_t prompt_logits_rows_ = 0;
-  void* step_logits_ = nullptr;  // the logits of the step in flight
   std::unique_ptr<LogitsSampler> sampler_;
   DecodeGraphs graphs_;
-  std::vector<SeqId> sampled_seq_ids_;   // of the step in flight; reused every step
-  std::vector<PromptRows> prompt_rows_;  // of the step in flight
-  std::vector<int> prompt_targets_;      // the prompt token each prompt row scores
+  InFlightStep steps_[2];  // the oldest in flight is steps_[oldest_]
+  int oldest_ = 0;
+  int num_in_flight_ = 0;
   std::vector<float> prompt_logits_host_;
-  bool in_flight_ = false;
 };
 
 }  // namespace engine

@@ -133,6 +133,10 @@ void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
     }
     if (output_penalties || p.repetition_penalty != 1.0f) {
       check_token_ids(row.output_token_ids, vocab_size, r, "output");
+      if (row.num_pending_outputs > 0) {
+        throw std::logic_error("sampler row " + std::to_string(r) +
+                               " applies penalties but its last output is still pending");
+      }
     }
   }
 }
@@ -431,7 +435,7 @@ SampleResult sample_row(float* logits, int vocab_size, const SamplingRow& row) {
   if (p.is_greedy()) {
     result.token_id = argmax(logits, vocab_size);
   } else {
-    const double u = uniform_draw(row.seed, row.output_token_ids.size());
+    const double u = uniform_draw(row.seed, row.output_index());
     result.token_id = sample_random(logits, vocab_size, p, u, scratch);
   }
   if (p.logprobs.has_value()) {

@@ -15,9 +15,19 @@ namespace engine {
 struct SamplingRow {
   const SamplingParams* params = nullptr;
   std::span<const int> prompt_token_ids;  // for the repetition penalty
-  std::span<const int> output_token_ids;  // for all three penalties; size = output index
-  uint64_t seed = 0;                      // with the output index, keys this row's RNG draw
-  std::vector<int> masked_token_ids;      // set to -inf before sampling (EOS before min_tokens)
+  std::span<const int> output_token_ids;  // for all three penalties
+  // Outputs sampled by a step still in flight: counted in the output index, missing from
+  // output_token_ids, so a row that has any cannot apply penalties.
+  int num_pending_outputs = 0;
+  uint64_t seed = 0;                  // with the output index, keys this row's RNG draw
+  std::vector<int> masked_token_ids;  // set to -inf before sampling (EOS before min_tokens)
+
+  // Which output this row samples (0 for the first).
+  uint64_t output_index() const { return output_token_ids.size() + num_pending_outputs; }
+  bool has_penalties() const {
+    return params->repetition_penalty != 1.0f || params->frequency_penalty != 0.0f ||
+           params->presence_penalty != 0.0f;
+  }
 };
 
 struct SampleResult {
