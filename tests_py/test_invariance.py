@@ -118,3 +118,49 @@ def test_block_size_does_not_change_outputs(block_size, tiny_checkpoint):
     want = generate_tokens(cpu_engine(checkpoint, block_size=16), prompts)
     got = generate_tokens(cpu_engine(checkpoint, block_size=block_size), prompts)
     assert_same_tokens(got, want, f"block_size={block_size}")
+
+
+def test_async_scheduling_matches_one_step_at_a_time(tiny_checkpoint):
+    """Async scheduling (each step scheduled while the one before runs) under preemption, with
+    seeded sampling, stop tokens and n > 1: the tokens of one step at a time, and steps did run
+    ahead."""
+    checkpoint = str(tiny_checkpoint("llama"))
+    prompts = [ordinary_token_ids(checkpoint, 12 + 5 * s, seed=s) for s in range(6)]
+    reference = cpu_engine(checkpoint, max_model_len=64, async_scheduling=False)
+    free_run = generate_tokens(reference, prompts, max_tokens=20)
+    params = []
+    for i, tokens in enumerate(free_run):
+        kwargs = {"seed": 50 + i, "temperature": 0.9} if i % 2 else {"temperature": 0.0}
+        params.append(
+            SamplingParams(
+                max_tokens=20,
+                ignore_eos=True,
+                n=1 + i % 3,
+                stop_token_ids=[tokens[7]] if i % 3 == 0 else None,
+                logprobs=2,
+                **kwargs,
+            )
+        )
+    runs = {}
+    for async_scheduling in (False, True):
+        engine = cpu_engine(
+            checkpoint,
+            max_model_len=64,
+            num_kv_blocks=8,
+            async_scheduling=async_scheduling,
+        )
+        outputs = engine.generate(prompts, params, use_tqdm=False)
+        runs[async_scheduling] = [
+            [(list(c.token_ids), c.finish_reason, c.cumulative_logprob) for c in o.outputs]
+            for o in outputs
+        ]
+        stats = engine.stats()
+        assert stats.num_preemptions > 0
+        assert (stats.num_steps_launched_ahead > 0) == async_scheduling
+    assert runs[True] == runs[False]
+
+
+def test_async_scheduling_is_off_on_the_cpu_by_default(tiny_checkpoint):
+    engine = cpu_engine(str(tiny_checkpoint("llama")))
+    engine.generate([[5, 6, 7]], greedy(), use_tqdm=False)
+    assert engine.stats().num_steps_launched_ahead == 0

@@ -71,6 +71,7 @@ void bind_params(py::module_& m) {
       .def_readwrite("num_threads", &EngineConfig::num_threads)
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
+      .def_readwrite("async_scheduling", &EngineConfig::async_scheduling)
       .def("validate", &EngineConfig::validate);
 }
 
@@ -112,6 +113,7 @@ void bind_outputs(py::module_& m) {
       .def_readonly("num_steps", &EngineStats::num_steps)
       .def_readonly("step_seconds", &EngineStats::step_seconds)
       .def_readonly("device_wait_seconds", &EngineStats::device_wait_seconds)
+      .def_readonly("num_steps_launched_ahead", &EngineStats::num_steps_launched_ahead)
       .def_readonly("num_prompt_tokens", &EngineStats::num_prompt_tokens)
       .def_readonly("num_generation_tokens", &EngineStats::num_generation_tokens);
 }

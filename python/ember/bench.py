@@ -18,7 +18,8 @@ import time
 
 DEFAULT_PROMPT = "The history of the Roman empire"
 BUNDLED_CONFIGS = ("llama-3-8b", "qwen2.5-7b")  # python/ember/configs/<name>/config.json
-STEP_COUNTERS = ("num_steps", "step_seconds", "device_wait_seconds")  # EngineStats fields
+# EngineStats fields
+STEP_COUNTERS = ("num_steps", "step_seconds", "device_wait_seconds", "num_steps_launched_ahead")
 
 
 def add_latency_flags(parser: argparse.ArgumentParser) -> None:
@@ -282,7 +283,8 @@ def _summarize(runs: list[dict], batch: int, output_len: int) -> dict:
 
 def _decode_step_split(runs: list[dict]) -> dict | None:
     """Where a decode step's time goes, over all timed runs: host (step() minus the wait for the
-    device), device wait, and the wall time of the Python loop around step()."""
+    device), device wait, and the wall time of the Python loop around step(); and the share of
+    steps launched ahead (async scheduling), whose host time overlapped the device's."""
     counters = [r["decode_counters"] for r in runs]
     if any(c is None for c in counters):
         return None
@@ -299,6 +301,7 @@ def _decode_step_split(runs: list[dict]) -> dict | None:
         "device_wait_ms": 1e3 * wait_s / num_steps,
         "wall_ms": 1e3 * wall_s / num_steps,
         "host_share": (step_s - wait_s) / step_s if step_s > 0 else None,
+        "launched_ahead_share": sum(c["num_steps_launched_ahead"] for c in counters) / num_steps,
     }
 
 
@@ -370,7 +373,7 @@ def _print_table(report: dict) -> None:
     results = report["results"]
     header = (
         f"{'batch':>5}  {'ember tok/s':>11}  {'TTFT ms':>8}  {'decode tok/s':>12}  "
-        f"{'step ms':>7}  {'host ms':>7}  {'host %':>6}"
+        f"{'step ms':>7}  {'host ms':>7}  {'host %':>6}  {'ahead %':>7}"
     )
     compare = "hf" in results[0]
     if compare:
@@ -383,7 +386,8 @@ def _print_table(report: dict) -> None:
             f"{result['batch_size']:>5}  {e['output_tokens_per_s']:>11.1f}  "
             f"{e['ttft_s'] * 1000:>8.1f}  {_fmt(e['decode_tokens_per_s'], '12.1f')}  "
             f"{_fmt(split.get('step_ms'), '7.2f')}  {_fmt(split.get('host_ms'), '7.2f')}  "
-            f"{_fmt(split.get('host_share'), '6.1%')}"
+            f"{_fmt(split.get('host_share'), '6.1%')}  "
+            f"{_fmt(split.get('launched_ahead_share'), '7.1%')}"
         )
         if compare:
             line += f"  {result['hf']['output_tokens_per_s']:>9.1f}  {result['ratio']:>7.2f}x"

@@ -127,7 +127,8 @@ def latency_rows(latency: dict | None, copy_gbps: float | None) -> list[Row]:
             Row(
                 measure,
                 f"{split['host_ms']:.3f} of {split['step_ms']:.3f} ms",
-                f"loop wall {split['wall_ms']:.3f} ms/step",
+                f"loop wall {split['wall_ms']:.3f} ms/step, "
+                f"{split.get('launched_ahead_share', 0.0):.0%} launched ahead",
                 split["host_share"],
             )
         )
@@ -191,7 +192,8 @@ def throughput_rows(throughput: dict | None, device_name: str | None) -> list[Ro
             Row(
                 "host share of a step, throughput run",
                 f"{host_ms:.3f} of {step_ms:.3f} ms",
-                f"{steps['num_steps']} steps",
+                f"{steps['num_steps']} steps, "
+                f"{steps.get('num_steps_launched_ahead', 0)} launched ahead",
                 steps["host_share"],
             )
         )

@@ -84,6 +84,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument("--device", default="auto")
     group.add_argument("--load-format", default="auto", help="auto (safetensors) or dummy")
+    add_async_scheduling_flag(group)
+
+
+def add_async_scheduling_flag(group) -> None:
+    group.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="schedule each step while the device runs the one before "
+        "(default: on with a GPU, off on the CPU)",
+    )
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +126,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "enable_prefix_caching": not args.no_prefix_caching,
         "device": args.device,
         "load_format": args.load_format,
+        "async_scheduling": args.async_scheduling,
     }
 
 

@@ -41,6 +41,7 @@ class _EngineBase:
         num_threads: int = 0,
         gpu_memory_utilization: float = 0.9,
         enforce_eager: bool = False,
+        async_scheduling: bool | None = None,
     ):
         self._model_dir = resolve_model(model)
         self._tokenizer = None
@@ -63,6 +64,7 @@ class _EngineBase:
             num_threads=num_threads,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
+            async_scheduling=async_scheduling,
         )
         self._decode_token = lru_cache(maxsize=65536)(self._decode_one_token)
         self._start(config)

@@ -42,6 +42,9 @@ struct EngineStats {
   int64_t num_steps = 0;             // model steps completed
   double step_seconds = 0.0;         // wall time inside step() calls that ran the model
   double device_wait_seconds = 0.0;  // of which blocked on the device
+  // Steps scheduled and enqueued while the step before them was still on the device (async
+  // scheduling): their host work overlapped the device's.
+  int64_t num_steps_launched_ahead = 0;
   // Token counters, as vLLM's Prometheus counters count them: the prompt of a request counts
   // once, when its first token comes out (preemption recomputes it without counting again);
   // every generated token of every sample counts.

@@ -183,6 +183,8 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
                                    max_model_len, config_.policy, model_config.eos_token_ids};
   scheduler_ = std::make_unique<Scheduler>(scheduler_config, *kv_cache_);
   runner_->capture_decode_graphs();
+  async_scheduling_ =
+      config_.async_scheduling.value_or(backend_->device_type() != DeviceType::kCpu);
 
   info_ = ModelInfo{model_config.architecture,
                     model_config.vocab_size,

@@ -3,6 +3,7 @@
 // fan-out, and the step loop gluing Scheduler, ModelRunner and the per-request outputs.
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,7 +63,9 @@ class Engine::Impl {
                                                      const SamplingParams& params);
   void drain_inbox(StepOutputs& outputs);
   void record_prompt_logprobs(std::vector<PromptLogprobsChunk>& chunks);
-  void complete_in_flight_step(StepOutputs& outputs);
+  void complete_oldest_step(StepOutputs& outputs);
+  // Drains the inbox, schedules a step and enqueues it; returns whether it had any work.
+  bool schedule_and_launch(StepOutputs& outputs);
   void apply_abort(const Abort& abort, StepOutputs& outputs);
   void record_cached_tokens(const SchedulerOutput& scheduled);
   void release_held_samples();
@@ -90,9 +93,10 @@ class Engine::Impl {
   mutable std::mutex step_mutex_;
   std::unordered_map<std::string, std::unique_ptr<RequestGroup>> groups_;
   std::unordered_map<SeqId, std::pair<RequestGroup*, int>> seq_owner_;  // group, sample index
-  std::optional<SchedulerOutput> in_flight_;  // launched, not yet completed
+  std::deque<SchedulerOutput> in_flight_;  // launched, not yet completed; oldest first
+  bool async_scheduling_ = false;
   struct StepTiming {
-    int64_t num_steps = 0;
+    int64_t num_steps = 0, num_steps_launched_ahead = 0;
     double step_seconds = 0.0, device_wait_seconds = 0.0;
   } timing_;
   struct TokenCounts {

@@ -19,7 +19,7 @@ namespace {
 
 RequestOutput& output_of(StepOutputs& outputs, const std::string& request_id) {
   auto [it, inserted] = outputs.index.try_emplace(request_id, outputs.list.size());
-  if (inserted) outputs.list.push_back(RequestOutput{request_id, {}, {}, false, 0});
+  if (inserted) outputs.list.push_back(RequestOutput{request_id, {}, {}, false, 0, {}});
   return outputs.list[it->second];
 }
 
@@ -141,9 +141,9 @@ void Engine::Impl::record_prompt_logprobs(std::vector<PromptLogprobsChunk>& chun
   }
 }
 
-void Engine::Impl::complete_in_flight_step(StepOutputs& outputs) {
-  const SchedulerOutput scheduled = std::move(*in_flight_);
-  in_flight_.reset();
+void Engine::Impl::complete_oldest_step(StepOutputs& outputs) {
+  const SchedulerOutput scheduled = std::move(in_flight_.front());
+  in_flight_.pop_front();
   ModelRunnerOutput sampled = runner_->finish();
   record_prompt_logprobs(sampled.prompt_logprobs);
   for (const SequenceUpdate& update : scheduler_->update_from_output(scheduled, sampled)) {
@@ -152,24 +152,41 @@ void Engine::Impl::complete_in_flight_step(StepOutputs& outputs) {
   release_held_samples();
 }
 
+bool Engine::Impl::schedule_and_launch(StepOutputs& outputs) {
+  drain_inbox(outputs);
+  SchedulerOutput scheduled = scheduler_->schedule();
+  record_cached_tokens(scheduled);
+  runner_->launch(scheduled);
+  if (scheduled.scheduled.empty()) return false;
+  in_flight_.push_back(std::move(scheduled));
+  return true;
+}
+
 std::vector<RequestOutput> Engine::Impl::step() {
   std::lock_guard<std::mutex> step_lock(step_mutex_);
   const auto start = std::chrono::steady_clock::now();
   const double wait_before = backend_->device_wait_seconds();
   StepOutputs outputs;
-  // NOTE: steps are pipelined one deep: this call completes the step launched by the previous
-  // call, schedules and launches the next, and returns the completed step's outputs, so the
-  // caller's handling of them (detokenizing, streaming) overlaps the device's next forward.
-  // An abort issued in between lands after that forward: at most one token is computed and
-  // dropped (the scheduler skips sequences that are no longer running).
-  const bool completed = in_flight_.has_value();
-  if (completed) complete_in_flight_step(outputs);
-  drain_inbox(outputs);
-  SchedulerOutput scheduled = scheduler_->schedule();
-  record_cached_tokens(scheduled);
-  runner_->launch(scheduled);
-  const bool launched = !scheduled.scheduled.empty();
-  if (launched) in_flight_ = std::move(scheduled);
+  // NOTE: steps are pipelined. This call completes the step launched by the previous call and
+  // returns its outputs, with the next step already enqueued, so the caller's handling of them
+  // (detokenizing, streaming) overlaps the device's next forward. With async scheduling the
+  // next step is scheduled and enqueued *before* waiting for the one in flight, so the host's
+  // scheduling overlaps the device too. An abort issued in between lands after the steps
+  // enqueued: at most two tokens are computed and dropped (the scheduler skips sequences that
+  // are no longer running).
+  bool launched = false, completed = false;
+  if (async_scheduling_ && runner_->can_launch_ahead()) {
+    launched = schedule_and_launch(outputs);
+    timing_.num_steps_launched_ahead += launched ? 1 : 0;
+    complete_oldest_step(outputs);
+    completed = true;
+  } else {
+    if (!in_flight_.empty()) {
+      complete_oldest_step(outputs);
+      completed = true;
+    }
+    launched = schedule_and_launch(outputs);
+  }
   if (completed || launched) {
     timing_.num_steps += completed ? 1 : 0;
     timing_.step_seconds +=
@@ -254,6 +271,7 @@ EngineStats Engine::Impl::stats() const {
                      timing_.num_steps,
                      timing_.step_seconds,
                      timing_.device_wait_seconds,
+                     timing_.num_steps_launched_ahead,
                      token_counts_.num_prompt_tokens,
                      token_counts_.num_generation_tokens};
 }

@@ -70,6 +70,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--load-format", default="auto", help="auto (safetensors) or dummy")
     engine.add_argument("--seed", type=int, default=0, help="the engine's default seed")
     engine.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: all)")
+    from ember.cli import add_async_scheduling_flag  # here: ember.cli imports this module
+
+    add_async_scheduling_flag(engine)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -96,6 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "load_format": args.load_format,
         "seed": args.seed,
         "num_threads": args.num_threads,
+        "async_scheduling": args.async_scheduling,
     }
     config_fields = {
         "served_model_names": args.served_model_name,
