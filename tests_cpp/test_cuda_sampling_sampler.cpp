@@ -327,6 +327,64 @@ TEST_F(CudaSampling, WriteSampledIdsPutsTheLatestIdsIntoInputIds) {
   EXPECT_EQ(sampler.collect()[3].token_id, best[3]);
 }
 
+// Async scheduling: a row's last output may still be sampled by the previous launch. Its
+// penalties count it where that launch left it, as if it were in output_token_ids.
+TEST_F(CudaSampling, PenaltiesCountAPendingOutputOfThePreviousLaunch) {
+  std::mt19937 rng(33);
+  constexpr int kVocab = 4000, kRows = 6;
+  cuda::GpuSampler sampler(kRows, kVocab);
+  std::vector<float> logits_a(static_cast<size_t>(kRows) * kVocab, 0.0f);
+  int best[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    best[r] = static_cast<int>(rng() % kVocab);
+    logits_a[static_cast<size_t>(r) * kVocab + best[r]] = 5.0f;
+  }
+  const SamplingParams greedy = make_params(0.0f, 0, 1.0f, 0.0f);
+  std::vector<SamplingRow> rows_a(kRows);
+  for (SamplingRow& row : rows_a) row.params = &greedy;
+  DeviceTensor device_a = upload(logits_a, kRows, kVocab);
+
+  // Each row of B favours the token its pending output (from A's mirrored row) repeats, so
+  // the penalties decide the pick; odd rows sample, seeded.
+  SamplingParams penalised = make_params(0.0f, 0, 1.0f, 0.0f);
+  penalised.repetition_penalty = 2.0f;
+  penalised.presence_penalty = 3.0f;
+  SamplingParams penalised_sampled = penalised;
+  penalised_sampled.temperature = 0.7f;
+  std::vector<float> logits_b = random_logits(kRows, kVocab, rng, 1.0f);
+  std::vector<std::vector<int>> outputs(kRows), full(kRows);
+  std::vector<SamplingRow> pending_rows(kRows), full_rows(kRows);
+  for (int r = 0; r < kRows; ++r) {
+    const int from = kRows - 1 - r;
+    logits_b[static_cast<size_t>(r) * kVocab + best[from]] = 6.0f;
+    outputs[r] = {static_cast<int>(rng() % kVocab), static_cast<int>(rng() % kVocab)};
+    full[r] = outputs[r];
+    full[r].push_back(best[from]);
+    for (auto* rows : {&pending_rows, &full_rows}) {
+      SamplingRow& row = (*rows)[r];
+      row.params = r % 2 ? &penalised_sampled : &penalised;
+      row.seed = 100 + r;
+    }
+    pending_rows[r].output_token_ids = outputs[r];
+    pending_rows[r].num_pending_outputs = 1;
+    pending_rows[r].pending_row = from;
+    full_rows[r].output_token_ids = full[r];
+  }
+  DeviceTensor device_b = upload(logits_b, kRows, kVocab);
+  sampler.launch(device_a.tensor, rows_a, nullptr);
+  sampler.launch(device_b.tensor, pending_rows, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  sampler.collect();
+  const std::vector<SampleResult> got = sampler.collect();
+  std::vector<float> processed = logits_b;
+  const std::vector<SampleResult> want =
+      Sampler().sample(processed.data(), kVocab, full_rows);  // the CPU spec
+  for (int r = 0; r < kRows; ++r) {
+    EXPECT_EQ(got[r].token_id, want[r].token_id) << "row " << r;
+    if (r % 2 == 0) EXPECT_NE(got[r].token_id, best[kRows - 1 - r]) << "row " << r;
+  }
+}
+
 // Host-measured time per call (uploads, kernel, the result copy and the stream sync).
 double time_per_call_us(cuda::GpuSampler& sampler, const Tensor& logits,
                         const std::vector<SamplingRow>& rows) {

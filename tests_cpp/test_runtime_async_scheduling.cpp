@@ -1,8 +1,8 @@
 // Async scheduling on a tiny dummy-weight Llama: the engine that schedules and enqueues step
 // N + 1 before step N is back gives exactly the outputs of the engine that runs one step at a
 // time, whatever ends the sequences (length, stop tokens, EOS after min_tokens), however the
-// steps are cut (chunked prefill, prefix hits, preemption, n > 1), and with the requests that
-// make it fall back to one step at a time (penalties, prompt logprobs) in the same batch.
+// steps are cut (chunked prefill, prefix hits, preemption, n > 1), with penalties counting the
+// pending token, and with prompt logprobs (whose steps are waited for) in the same batch.
 
 #include <gtest/gtest.h>
 
@@ -168,25 +168,27 @@ TEST(AsyncScheduling, PreemptionUnderBlockPressureMatches) {
   EXPECT_GT(engine.stats().num_preemptions, 0);
 }
 
-// Penalised sampling needs its previous token on the host, and prompt logprobs their logits:
-// steps with them run one at a time; once those requests finish, the rest run ahead.
-TEST(AsyncScheduling, PenaltiesAndPromptLogprobsFallBackAndMatch) {
+// Prompt logprobs are read back after their step, so the step after waits; penalties count
+// the pending token where the sampler left it, so penalised requests run ahead too.
+TEST(AsyncScheduling, PenaltiesAndPromptLogprobsMatch) {
   std::vector<SamplingParams> params;
   for (int i = 0; i < 4; ++i) params.push_back(seeded(16, 40 + i));
   params[1].repetition_penalty = 1.3f;
   params[1].frequency_penalty = 0.5f;
-  params[1].max_tokens = 6;
   params[2].prompt_logprobs = 3;
   expect_same_outputs(tiny_config(true), prompts_of(4, 12), params);
 }
 
-TEST(AsyncScheduling, OnlyPenalisedRequestsNeverLaunchAhead) {
-  SamplingParams p = seeded(16, 9);
-  p.presence_penalty = 0.7f;
-  expect_same_outputs(tiny_config(true), prompts_of(3), {p}, /*expect_launched_ahead=*/false);
-  Engine engine(tiny_config(true));
-  engine.generate(prompts_of(3), {p});
-  EXPECT_EQ(engine.stats().num_steps_launched_ahead, 0);
+// Strong penalties on a greedy run: each token changes the next one's logits, so a pending
+// token left out of the count would change the output.
+TEST(AsyncScheduling, PenalisedRequestsRunAheadAndCountTheirPendingToken) {
+  SamplingParams p = greedy(24);
+  p.repetition_penalty = 2.0f;
+  p.presence_penalty = 1.5f;
+  p.frequency_penalty = 1.0f;
+  SamplingParams sampled = seeded(24, 9);
+  sampled.frequency_penalty = 1.5f;
+  expect_same_outputs(tiny_config(true), prompts_of(4), {p, sampled, p, sampled});
 }
 
 TEST(AsyncScheduling, AbortsFreeEverythingWithStepsInFlight) {

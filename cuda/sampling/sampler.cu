@@ -49,9 +49,9 @@ void check_rows(const std::vector<SamplingRow>& rows, int vocab_size) {
       check_token_ids(row.prompt_token_ids, vocab_size, r, "prompt");
     if (has_penalties(p)) {
       check_token_ids(row.output_token_ids, vocab_size, r, "output");
-      if (row.num_pending_outputs > 0) {
+      if (row.num_pending_outputs > 0 && row.pending_row < 0) {
         throw std::logic_error("GpuSampler row " + std::to_string(r) +
-                               " applies penalties but its last output is still pending");
+                               " applies penalties but names no row for its pending output");
       }
     }
     if (p.logprobs.has_value() && (*p.logprobs < 0 || *p.logprobs > SamplingParams::kMaxLogprobs)) {
@@ -73,9 +73,10 @@ bool all_plain_greedy(const std::vector<SamplingRow>& rows) {
 
 // Appends the row's token ids (and its logit_bias as id, bias-bits pairs) to `tokens` and fills
 // its RowArgs as the CPU sampler would decide: the same top_k_on, any_filter, 1 / temperature and
-// uniform draw.
+// uniform draw. A pending output the penalties need gets a slot at the end of the row's outputs
+// and a (slot, row of the previous launch) pair in `pending`, filled on the device.
 RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& tokens,
-                      int& num_top) {
+                      std::vector<int>& pending, int& num_top) {
   const SamplingParams& p = *row.params;
   RowArgs a{};
   auto append = [&](std::span<const int> ids, int& begin, int& end) {
@@ -88,6 +89,12 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
   append(repetition ? row.prompt_token_ids : std::span<const int>{}, a.prompt_begin, a.prompt_end);
   append(has_penalties(p) ? row.output_token_ids : std::span<const int>{}, a.output_begin,
          a.output_end);
+  if (has_penalties(p) && row.num_pending_outputs > 0) {
+    pending.push_back(a.output_end);
+    pending.push_back(row.pending_row);
+    tokens.push_back(0);
+    a.output_end = static_cast<int>(tokens.size());
+  }
   a.bias_begin = static_cast<int>(tokens.size());
   for (const auto& [id, bias] : p.logit_bias) {
     tokens.push_back(id);
@@ -236,19 +243,24 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   }
 
   std::vector<RowArgs> args(rows.size());
-  std::vector<int> tokens;
+  std::vector<int> tokens, pending;
   int num_top = 0;
   for (int r = 0; r < num_rows; ++r) {
-    args[r] = make_row_args(rows[r], vocab_size, tokens, num_top);
+    args[r] = make_row_args(rows[r], vocab_size, tokens, pending, num_top);
     slot.rows[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
   }
+  // Uploads: [args] [tokens] [pending pairs].
   const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
-  reserve_uploads(slot, args_bytes + tokens.size() * sizeof(int));
+  const size_t tokens_bytes = tokens.size() * sizeof(int);
+  const size_t pending_bytes = pending.size() * sizeof(int);
+  reserve_uploads(slot, args_bytes + tokens_bytes + pending_bytes);
   std::memcpy(slot.upload_host, args.data(), args.size() * sizeof(RowArgs));
-  std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens.size() * sizeof(int));
+  std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens_bytes);
+  std::memcpy(slot.upload_host + args_bytes + tokens_bytes, pending.data(), pending_bytes);
   EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.upload, slot.upload_host,
-                                   args_bytes + tokens.size() * sizeof(int), cudaMemcpyHostToDevice,
-                                   stream));
+                                   args_bytes + tokens_bytes + pending_bytes,
+                                   cudaMemcpyHostToDevice, stream));
+  if (!pending.empty()) fill_pending_outputs(slot, args_bytes, tokens_bytes, pending, stream);
 
   // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
   slot.top_ids_offset = align8(num_rows * sizeof(RowResult));
@@ -265,6 +277,30 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   EMBER_CUDA_CHECK_LAUNCH();
   EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, slot.results, result_bytes,
                                    cudaMemcpyDeviceToHost, stream));
+}
+
+// The outputs still being sampled by the previous launch, copied on the device from its
+// results into this launch's uploaded tokens (pairs: slot in tokens, row of that launch).
+void GpuSampler::fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,
+                                      const std::vector<int>& pending, cudaStream_t stream) const {
+  if (num_launches_ < 2) {
+    throw std::logic_error("GpuSampler: a row has a pending output but nothing was launched");
+  }
+  const Slot& previous = slots_[(num_launches_ - 2) % kNumSlots];
+  const int num_pending = static_cast<int>(pending.size() / 2);
+  for (int p = 0; p < num_pending; ++p) {
+    if (pending[2 * p + 1] >= static_cast<int>(previous.rows.size())) {
+      throw std::out_of_range("GpuSampler: a pending output from row " +
+                              std::to_string(pending[2 * p + 1]) + " of a launch of " +
+                              std::to_string(previous.rows.size()));
+    }
+  }
+  constexpr int kBlock = 128;
+  sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
+      reinterpret_cast<const RowResult*>(previous.results),
+      reinterpret_cast<const int32_t*>(slot.upload + args_bytes + tokens_bytes), num_pending,
+      reinterpret_cast<int32_t*>(slot.upload + args_bytes));
+  EMBER_CUDA_CHECK_LAUNCH();
 }
 
 void GpuSampler::write_sampled_ids(const Tensor& input_ids, const Tensor& pending,

@@ -32,8 +32,8 @@ struct EngineConfig {
   // Async scheduling: step N + 1 is scheduled and enqueued while the device runs step N, its
   // sequences taking the tokens N samples on the device, so the device never waits for the
   // host between steps. A sequence that stops on EOS or a stop token computes one token more,
-  // which is dropped. Steps that score prompt logprobs or follow penalised sampling run one at
-  // a time. Default (unset): on with a GPU; off on the CPU, whose steps run synchronously.
+  // which is dropped. A step that scores prompt logprobs is waited for before the next is
+  // scheduled. Default (unset): on with a GPU; off on the CPU, whose steps run synchronously.
   std::optional<bool> async_scheduling;
   int num_threads = 0;  // CPU threads for the kernels; 0: OpenMP's default
 

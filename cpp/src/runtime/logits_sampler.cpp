@@ -1,5 +1,6 @@
 #include "runtime/logits_sampler.h"
 
+#include <algorithm>
 #include <deque>
 #include <stdexcept>
 #include <string>
@@ -20,8 +21,9 @@ class HostLogitsSampler final : public LogitsSampler {
     if (results_.size() >= 2) {
       throw std::logic_error("HostLogitsSampler::launch: two launches are outstanding; collect()");
     }
+    const std::vector<SamplingRow>& complete = with_pending_outputs(rows);
     results_.push_back(
-        sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), rows));
+        sampler_.sample(host_logits_.data(), static_cast<int>(logits.size(1)), complete));
   }
 
   std::vector<SampleResult> collect() override {
@@ -29,6 +31,36 @@ class HostLogitsSampler final : public LogitsSampler {
     std::vector<SampleResult> oldest = std::move(results_.front());
     results_.pop_front();
     return oldest;
+  }
+
+  // Rows whose penalties need an output the previous launch sampled get it appended (a copy of
+  // the rows; `rows` itself when none does).
+  const std::vector<SamplingRow>& with_pending_outputs(const std::vector<SamplingRow>& rows) {
+    const auto needs = [](const SamplingRow& row) {
+      return row.num_pending_outputs > 0 && row.has_penalties();
+    };
+    if (std::none_of(rows.begin(), rows.end(), needs)) return rows;
+    if (results_.empty()) {
+      throw std::logic_error("HostLogitsSampler: a row has a pending output but nothing launched");
+    }
+    const std::vector<SampleResult>& previous = results_.back();
+    resolved_rows_ = rows;
+    resolved_outputs_.resize(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      SamplingRow& row = resolved_rows_[r];
+      if (!needs(row)) continue;
+      if (row.pending_row < 0 || row.pending_row >= static_cast<int>(previous.size())) {
+        throw std::out_of_range(
+            "HostLogitsSampler: row " + std::to_string(r) + " takes its pending output from row " +
+            std::to_string(row.pending_row) + " of a launch of " + std::to_string(previous.size()));
+      }
+      std::vector<int>& outputs = resolved_outputs_[r];
+      outputs.assign(row.output_token_ids.begin(), row.output_token_ids.end());
+      outputs.push_back(previous[static_cast<size_t>(row.pending_row)].token_id);
+      row.output_token_ids = outputs;
+      row.num_pending_outputs = 0;
+    }
+    return resolved_rows_;
   }
 
   // The ids are on the host already; each is copied to its place in input_ids.
@@ -59,6 +91,8 @@ class HostLogitsSampler final : public LogitsSampler {
   Sampler sampler_;
   std::deque<std::vector<SampleResult>> results_;  // one per launch not yet collected
   std::vector<int32_t> pairs_;
+  std::vector<SamplingRow> resolved_rows_;
+  std::vector<std::vector<int>> resolved_outputs_;
 };
 
 }  // namespace

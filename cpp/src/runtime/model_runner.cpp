@@ -362,6 +362,7 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
     row.prompt_token_ids = tokens.first(state.num_prompt_tokens);
     row.output_token_ids = tokens.subspan(state.num_prompt_tokens);
     row.num_pending_outputs = state.num_pending;
+    row.pending_row = state.num_pending > 0 ? state.pending_row : -1;  // of the step in flight
     row.seed = state.sampling_seed;
     // NOTE: until min_tokens are out, every token that would finish the sequence is masked.
     if (static_cast<int>(row.output_index()) < state.params.min_tokens) {
@@ -377,14 +378,6 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
   return rows;
 }
 
-bool ModelRunner::samples_with_penalties(const std::vector<SeqId>& seq_ids) const {
-  return std::any_of(seq_ids.begin(), seq_ids.end(), [this](SeqId seq_id) {
-    const SamplingParams& p = sequences_.at(seq_id).params;
-    return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f ||
-           p.presence_penalty != 0.0f;
-  });
-}
-
 bool ModelRunner::can_launch_ahead() const {
   return num_in_flight_ == 1 && !steps_[oldest_].blocks_launch_ahead;
 }
@@ -392,8 +385,8 @@ bool ModelRunner::can_launch_ahead() const {
 void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (num_in_flight_ == 2 || (num_in_flight_ == 1 && !can_launch_ahead())) {
     throw std::logic_error(
-        "ModelRunner::launch: finish() the step in flight first (it scores prompt tokens or "
-        "applies penalties, or two are in flight)");
+        "ModelRunner::launch: finish() the step in flight first (it scores prompt tokens, or "
+        "two are in flight)");
   }
   apply_state_updates(scheduled);
   if (scheduled.scheduled.empty()) return;
@@ -412,8 +405,7 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
     run_forward(plan, device, kv_cache_, step.logits);
   }
   ++num_in_flight_;
-  step.blocks_launch_ahead =
-      !step.prompt_rows.empty() || samples_with_penalties(step.sampled_seq_ids);
+  step.blocks_launch_ahead = !step.prompt_rows.empty();
   const int64_t num_rows = static_cast<int64_t>(step.sampled_seq_ids.size());
   if (num_rows > 0) {
     // Built while the device runs the forward.

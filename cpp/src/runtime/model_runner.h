@@ -55,8 +55,8 @@ class ModelRunner {
   ModelRunnerOutput finish();
   ModelRunnerOutput execute(const SchedulerOutput& scheduled);  // launch, then finish
   // Whether a step may be launched before the one in flight is finished: exactly one is in
-  // flight, it scores no prompt tokens (their logits are read back after the step) and none of
-  // the sequences it samples applies penalties (the next sampling would need the token).
+  // flight and it scores no prompt tokens (their logits are read back after the step). The
+  // penalties of a sequence whose last token is pending count it where the sampler left it.
   bool can_launch_ahead() const;
   int num_in_flight() const { return num_in_flight_; }
 
@@ -117,7 +117,6 @@ class ModelRunner {
                          HostStepArrays host, int first_row, InFlightStep& step);
   std::vector<PromptLogprobsChunk> score_prompt_rows(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
-  bool samples_with_penalties(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
 
   Backend& backend_;

@@ -16,9 +16,11 @@ struct SamplingRow {
   const SamplingParams* params = nullptr;
   std::span<const int> prompt_token_ids;  // for the repetition penalty
   std::span<const int> output_token_ids;  // for all three penalties
-  // Outputs sampled by a step still in flight: counted in the output index, missing from
-  // output_token_ids, so a row that has any cannot apply penalties.
+  // Outputs sampled by a step still in flight (0 or 1): counted in the output index, missing
+  // from output_token_ids. For the penalties, a LogitsSampler reads that output in row
+  // pending_row of its previous launch; Sampler itself refuses such a row.
   int num_pending_outputs = 0;
+  int pending_row = -1;
   uint64_t seed = 0;                  // with the output index, keys this row's RNG draw
   std::vector<int> masked_token_ids;  // set to -inf before sampling (EOS before min_tokens)
 
