@@ -297,7 +297,7 @@ void GpuSampler::fill_pending_outputs(const Slot& slot, size_t args_bytes, size_
   }
   constexpr int kBlock = 128;
   sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
-      reinterpret_cast<const RowResult*>(previous.results),
+      reinterpret_cast<const RowResult*>(previous.results), static_cast<int>(previous.rows.size()),
       reinterpret_cast<const int32_t*>(slot.upload + args_bytes + tokens_bytes), num_pending,
       reinterpret_cast<int32_t*>(slot.upload + args_bytes));
   EMBER_CUDA_CHECK_LAUNCH();
@@ -317,8 +317,8 @@ void GpuSampler::write_sampled_ids(const Tensor& input_ids, const Tensor& pendin
   const Slot& slot = slots_[(num_launches_ - 1) % kNumSlots];
   constexpr int kBlock = 128;
   sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
-      reinterpret_cast<const RowResult*>(slot.results), pending.ptr<int32_t>(), num_pending,
-      input_ids.ptr<int32_t>());
+      reinterpret_cast<const RowResult*>(slot.results), static_cast<int>(slot.rows.size()),
+      pending.ptr<int32_t>(), num_pending, input_ids.ptr<int32_t>());
   EMBER_CUDA_CHECK_LAUNCH();
 }
 

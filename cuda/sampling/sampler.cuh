@@ -631,13 +631,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // input_ids[pending[p][0]] = results[pending[p][1]].token_id: the ids a launch sampled become
-// inputs of the step enqueued after it, without a round trip through the host.
-__global__ void write_sampled_ids_kernel(const RowResult* __restrict__ results,  // [rows]
-                                         const int32_t* __restrict__ pending,    // [P, 2]
+// inputs of the step enqueued after it, without a round trip through the host. A row outside
+// the launch is a broken invariant of the caller: the kernel traps rather than read junk.
+__global__ void write_sampled_ids_kernel(const RowResult* __restrict__ results,  // [num_rows]
+                                         int num_rows,
+                                         const int32_t* __restrict__ pending,  // [P, 2]
                                          int num_pending,
                                          int32_t* __restrict__ input_ids) {  // [T]
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p < num_pending) input_ids[pending[2 * p]] = results[pending[2 * p + 1]].token_id;
+  if (p >= num_pending) return;
+  const int row = pending[2 * p + 1];
+  if (row < 0 || row >= num_rows) __trap();
+  input_ids[pending[2 * p]] = results[row].token_id;
 }
 
 }  // namespace engine::cuda::sampling

@@ -31,8 +31,9 @@ struct Request {
   // Tokens whose KV is in the cache or being computed by a scheduled step: advanced when a step
   // is scheduled, reset by preemption.
   int num_computed_tokens = 0;
-  // Tokens sampled by scheduled steps whose output has not come back yet (0 or 1): counted in
-  // the sequence's length, absent from token_ids until update_from_output appends them.
+  // Tokens sampled by scheduled steps whose output has not come back yet (one per step in
+  // flight, so at most 2): counted in the sequence's length, absent from token_ids until
+  // update_from_output appends them.
   int num_pending_tokens = 0;
   int num_cached_tokens = -1;  // prefix-cache hit at first scheduling; -1 until then
   int num_preemptions = 0;

@@ -61,11 +61,13 @@ class Engine::Impl {
   std::vector<std::unique_ptr<Request>> make_samples(const std::string& request_id,
                                                      const std::vector<int>& prompt_token_ids,
                                                      const SamplingParams& params);
-  void drain_inbox(StepOutputs& outputs);
+  // Hands the queued requests to the scheduler and applies the queued aborts, or returns them
+  // when `defer_aborts` (to apply once the step in flight has completed).
+  std::vector<Abort> drain_inbox(StepOutputs& outputs, bool defer_aborts = false);
   void record_prompt_logprobs(std::vector<PromptLogprobsChunk>& chunks);
   void complete_oldest_step(StepOutputs& outputs);
-  // Drains the inbox, schedules a step and enqueues it; returns whether it had any work.
-  bool schedule_and_launch(StepOutputs& outputs);
+  // Schedules a step and enqueues it; returns whether it had any work.
+  bool schedule_and_launch();
   void apply_abort(const Abort& abort, StepOutputs& outputs);
   void record_cached_tokens(const SchedulerOutput& scheduled);
   void release_held_samples();

@@ -82,7 +82,8 @@ void Engine::Impl::apply_abort(const Abort& abort, StepOutputs& outputs) {
   }
 }
 
-void Engine::Impl::drain_inbox(StepOutputs& outputs) {
+std::vector<Engine::Impl::Abort> Engine::Impl::drain_inbox(StepOutputs& outputs,
+                                                           bool defer_aborts) {
   std::vector<std::unique_ptr<RequestGroup>> adds;
   std::vector<Abort> aborts;
   {
@@ -100,7 +101,9 @@ void Engine::Impl::drain_inbox(StepOutputs& outputs) {
     scheduler_->add_request(std::move(first));
     groups_[group->request_id] = std::move(group);
   }
+  if (defer_aborts) return aborts;
   for (const Abort& abort : aborts) apply_abort(abort, outputs);
+  return {};
 }
 
 void Engine::Impl::record_cached_tokens(const SchedulerOutput& scheduled) {
@@ -152,8 +155,7 @@ void Engine::Impl::complete_oldest_step(StepOutputs& outputs) {
   release_held_samples();
 }
 
-bool Engine::Impl::schedule_and_launch(StepOutputs& outputs) {
-  drain_inbox(outputs);
+bool Engine::Impl::schedule_and_launch() {
   SchedulerOutput scheduled = scheduler_->schedule();
   record_cached_tokens(scheduled);
   runner_->launch(scheduled);
@@ -173,20 +175,29 @@ std::vector<RequestOutput> Engine::Impl::step() {
   // next step is scheduled and enqueued *before* waiting for the one in flight, so the host's
   // scheduling overlaps the device too. An abort issued in between lands after the steps
   // enqueued: at most two tokens are computed and dropped (the scheduler skips sequences that
-  // are no longer running).
+  // are no longer running); the step in flight still delivers its tokens first.
+  // NOTE: a step's effects on the scheduler happen when it is scheduled, so an exception from
+  // launch() leaves its sequences waiting for tokens that never come: the engine is then
+  // unusable, and EngineLoop reports it dead.
   bool launched = false, completed = false;
   if (async_scheduling_ && runner_->can_launch_ahead()) {
-    launched = schedule_and_launch(outputs);
+    const std::vector<Abort> aborts = drain_inbox(outputs, /*defer_aborts=*/true);
+    launched = schedule_and_launch();
     timing_.num_steps_launched_ahead += launched ? 1 : 0;
     complete_oldest_step(outputs);
     completed = true;
+    for (const Abort& abort : aborts) apply_abort(abort, outputs);
   } else {
     if (!in_flight_.empty()) {
       complete_oldest_step(outputs);
       completed = true;
     }
-    launched = schedule_and_launch(outputs);
+    drain_inbox(outputs);
+    launched = schedule_and_launch();
   }
+  // A step launched ahead for sequences that have all finished since (on EOS, a stop token or
+  // an abort) computes nothing anyone waits for: completed now, it holds nothing while idle.
+  while (!in_flight_.empty() && !scheduler_->has_unfinished()) complete_oldest_step(outputs);
   if (completed || launched) {
     timing_.num_steps += completed ? 1 : 0;
     timing_.step_seconds +=

@@ -68,8 +68,9 @@ class ModelRunner {
     uint64_t sampling_seed = 0;
     std::vector<int> block_ids;
     bool prompt_logprobs = false;  // score the prompt while it is computed
-    // Tokens sampled by steps in flight, not yet in token_ids, and the row of the latest such
-    // step that samples one: the next step's input at position token_ids.size() comes from it.
+    // Tokens sampled by steps in flight (at most 2), not yet in token_ids, and the row of the
+    // latest such step: a step launched ahead reads its input at position token_ids.size() from
+    // that row, when exactly one is pending.
     int num_pending = 0;
     int pending_row = -1;
   };
