@@ -224,5 +224,32 @@ TEST(AsyncScheduling, AbortsFreeEverythingWithStepsInFlight) {
             fresh.generate({prompt_of(9)}, {greedy(12)})[0].outputs[0].token_ids);
 }
 
+// An abort that arrives while the step sampling a request's last token is in flight comes
+// after that token, in both modes: the request ends by length with all its tokens.
+TEST(AsyncScheduling, AbortAfterTheLastTokenIsLaunchedKeepsIt) {
+  for (bool async_scheduling : {false, true}) {
+    SCOPED_TRACE(async_scheduling ? "async" : "one step at a time");
+    Engine engine(tiny_config(async_scheduling));
+    engine.add_request("r", prompt_of(9), greedy(5));
+    std::vector<int> tokens;
+    std::optional<FinishReason> reason;
+    while (tokens.size() < 4) {
+      for (const RequestOutput& output : engine.step()) {
+        for (int id : output.outputs[0].token_ids) tokens.push_back(id);
+      }
+    }
+    engine.abort("r", std::nullopt);  // the step sampling token 5 is in flight
+    for (int step = 0; engine.has_unfinished_requests(); ++step) {
+      ASSERT_LT(step, 10);
+      for (const RequestOutput& output : engine.step()) {
+        for (int id : output.outputs[0].token_ids) tokens.push_back(id);
+        reason = output.outputs[0].finish_reason;
+      }
+    }
+    EXPECT_EQ(tokens.size(), 5u);
+    EXPECT_EQ(reason, FinishReason::kLength);
+  }
+}
+
 }  // namespace
 }  // namespace engine
