@@ -125,6 +125,19 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
 
 size_t align8(size_t n) { return (n + 7) / 8 * 8; }
 
+// A device buffer and its pinned host mirror, regrown to `bytes` when smaller (contents
+// dropped). A slot grows only when it is launched again, after its last launch was collected.
+void grow_mirrored(char*& device, char*& host, size_t& capacity, size_t bytes) {
+  if (bytes <= capacity) return;
+  cudaFree(device);
+  cudaFreeHost(host);
+  device = nullptr;
+  host = nullptr;
+  EMBER_CUDA_CHECK(cudaMalloc(&device, bytes));
+  EMBER_CUDA_CHECK(cudaMallocHost(&host, bytes));
+  capacity = bytes;
+}
+
 }  // namespace
 
 GpuSampler::GpuSampler(int max_rows, int vocab_size) { reserve(max_rows, vocab_size); }
@@ -171,33 +184,9 @@ void GpuSampler::reserve(int num_rows, int vocab_size) {
   const size_t results = align8(rows * sizeof(RowResult)) +
                          static_cast<size_t>(rows) * SamplingParams::kMaxLogprobs * 8;
   for (Slot& slot : slots_) {
-    reserve_uploads(slot, rows * sizeof(RowArgs));
-    reserve_results(slot, results);
+    grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity, rows * sizeof(RowArgs));
+    grow_mirrored(slot.results, slot.results_host, slot.result_capacity, results);
   }
-}
-
-// A slot grows only when it is launched again, after its previous launch was collected.
-void GpuSampler::reserve_uploads(Slot& slot, size_t bytes) {
-  if (bytes <= slot.upload_capacity) return;
-  const size_t grown = std::max(bytes, 2 * slot.upload_capacity);
-  cudaFree(slot.upload);
-  cudaFreeHost(slot.upload_host);
-  slot.upload = nullptr;
-  slot.upload_host = nullptr;
-  EMBER_CUDA_CHECK(cudaMalloc(&slot.upload, grown));
-  EMBER_CUDA_CHECK(cudaMallocHost(&slot.upload_host, grown));
-  slot.upload_capacity = grown;
-}
-
-void GpuSampler::reserve_results(Slot& slot, size_t bytes) {
-  if (bytes <= slot.result_capacity) return;
-  cudaFree(slot.results);
-  cudaFreeHost(slot.results_host);
-  slot.results = nullptr;
-  slot.results_host = nullptr;
-  EMBER_CUDA_CHECK(cudaMalloc(&slot.results, bytes));
-  EMBER_CUDA_CHECK(cudaMallocHost(&slot.results_host, bytes));
-  slot.result_capacity = bytes;
 }
 
 std::vector<SampleResult> GpuSampler::sample(const Tensor& logits,
@@ -253,13 +242,16 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
   const size_t tokens_bytes = tokens.size() * sizeof(int);
   const size_t pending_bytes = pending.size() * sizeof(int);
-  reserve_uploads(slot, args_bytes + tokens_bytes + pending_bytes);
+  const size_t upload_bytes = args_bytes + tokens_bytes + pending_bytes;
+  if (upload_bytes > slot.upload_capacity) {  // doubled, so growing stays rare
+    grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity,
+                  std::max(upload_bytes, 2 * slot.upload_capacity));
+  }
   std::memcpy(slot.upload_host, args.data(), args.size() * sizeof(RowArgs));
   std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens_bytes);
   std::memcpy(slot.upload_host + args_bytes + tokens_bytes, pending.data(), pending_bytes);
-  EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.upload, slot.upload_host,
-                                   args_bytes + tokens_bytes + pending_bytes,
-                                   cudaMemcpyHostToDevice, stream));
+  EMBER_CUDA_CHECK(
+      cudaMemcpyAsync(slot.upload, slot.upload_host, upload_bytes, cudaMemcpyHostToDevice, stream));
   if (!pending.empty()) fill_pending_outputs(slot, args_bytes, tokens_bytes, pending, stream);
 
   // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.

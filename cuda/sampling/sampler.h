@@ -61,8 +61,6 @@ class GpuSampler {
   void reserve(int num_rows, int vocab_size);
   void fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,
                             const std::vector<int>& pending, cudaStream_t stream) const;
-  static void reserve_uploads(Slot& slot, size_t bytes);
-  static void reserve_results(Slot& slot, size_t bytes);
   void release();
 
   int capacity_rows_ = 0;
