@@ -37,9 +37,10 @@ def wait_until_idle(base_url: str, timeout: float) -> dict[str, float]:
         time.sleep(0.05)
 
 
-async def _give_up_streaming(client: httpx.AsyncClient) -> int:
+async def _give_up_streaming(client: httpx.AsyncClient) -> tuple[int, bool]:
     """Streams LONG and closes the connection after GIVE_UP_AFTER_S; returns the number of
-    chunks received by then."""
+    chunks received by then, and whether the stream ended first (a request admitted at once can
+    finish its 1,000 tokens in about that time on a fast, idle machine)."""
     start = time.monotonic()
     num_chunks = 0
     body = {**LONG, "n": NUM_SAMPLES, "stream": True}
@@ -47,13 +48,14 @@ async def _give_up_streaming(client: httpx.AsyncClient) -> int:
         assert r.status_code == 200
         async for line in r.aiter_lines():
             num_chunks += line.startswith("data: {")
-            assert line != "data: [DONE]", "a request meant to outlast its client finished"
+            if line == "data: [DONE]":
+                return num_chunks, True
             if time.monotonic() - start > GIVE_UP_AFTER_S:
                 break
-    return num_chunks
+    return num_chunks, False
 
 
-async def _storm(base_url: str) -> list[int]:
+async def _storm(base_url: str) -> list[tuple[int, bool]]:
     limits = httpx.Limits(max_connections=NUM_STORM_CLIENTS + 10)
     async with httpx.AsyncClient(
         base_url=base_url, headers=AUTH, timeout=60, limits=limits
@@ -62,8 +64,11 @@ async def _storm(base_url: str) -> list[int]:
 
 
 def test_cancellation_storm_frees_everything(tiny_server):
-    num_chunks = asyncio.run(_storm(tiny_server.base_url))
-    assert sum(n > 0 for n in num_chunks) > NUM_STORM_CLIENTS // 2  # most had started
+    results = asyncio.run(_storm(tiny_server.base_url))
+    assert sum(n > 0 for n, _ in results) > NUM_STORM_CLIENTS // 2  # most had started
+    # At most the first wave (256 running sequences: 64 requests) can finish in time; the
+    # rest are cancelled mid-stream.
+    assert sum(finished for _, finished in results) <= 256 // NUM_SAMPLES
     state = wait_until_idle(tiny_server.base_url, timeout=5)
     assert state == {
         "num_requests_running": 0.0,
