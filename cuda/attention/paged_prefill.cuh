@@ -116,13 +116,14 @@ __device__ __forceinline__ bool plan_prefill(const PrefillParams<T>& p, PrefillW
   return true;
 }
 
-// Copies the tile's Q rows into shared memory; rows past the tile's tokens or the chunk's heads
-// are zero-filled.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillWork& w,
-                                       T (*q_s)[PrefillShared<T, kHeadDim>::kStride]) {
+// Calls copy(row, piece, src, valid) for each 16-byte piece of the tile's Q rows, spread over
+// the CTA's kCtaThreads threads: src is where the piece starts in q. Rows past the tile's tokens or
+// the chunk's heads are not valid (src is q itself; the copy zero-fills them).
+template <typename T, int kHeadDim, int kCtaThreads, typename Copy>
+__device__ __forceinline__ void for_each_q_piece(const PrefillParams<T>& p, const PrefillWork& w,
+                                                 Copy copy) {
   constexpr int kChunks = kHeadDim / 8;  // 16-byte pieces of a row
-  for (int e = threadIdx.x; e < kBlockM * kChunks; e += kThreads) {
+  for (int e = threadIdx.x; e < kBlockM * kChunks; e += kCtaThreads) {
     const int row = e / kChunks, piece = e % kChunks;
     const int token = row / p.heads_per_cta, head = row % p.heads_per_cta;
     const bool valid = token < w.num_queries && head < w.num_heads;
@@ -131,8 +132,17 @@ __device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillW
             ? ((int64_t(w.token_begin) + token) * p.num_q_heads + w.head_begin + head) * kHeadDim +
                   piece * 8
             : 0;
-    cp_async_16(&q_s[row][piece * 8], p.q + offset, valid);
+    copy(row, piece, p.q + offset, valid);
   }
+}
+
+// Copies the tile's Q rows into shared memory, zero-filling the rows that are not valid.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillWork& w,
+                                       T (*q_s)[PrefillShared<T, kHeadDim>::kStride]) {
+  for_each_q_piece<T, kHeadDim, kThreads>(p, w, [&](int row, int piece, const T* src, bool valid) {
+    cp_async_16(&q_s[row][piece * 8], src, valid);
+  });
 }
 
 // In lane i < kKeysPerWarp: the cache slot of key tile_begin + warp * kKeysPerWarp + i, or 0

@@ -67,18 +67,10 @@ template <typename T, int kHeadDim>
 __device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillWork& w,
                                        uint32_t q_base) {
   using L = Sm90Layout<T, kHeadDim>;
-  constexpr int kChunks = kHeadDim / 8;
-  for (int e = threadIdx.x; e < kBlockM * kChunks; e += kThreads) {
-    const int row = e / kChunks, piece = e % kChunks;
-    const int token = row / p.heads_per_cta, head = row % p.heads_per_cta;
-    const bool valid = token < w.num_queries && head < w.num_heads;
-    const int64_t offset =
-        valid
-            ? ((int64_t(w.token_begin) + token) * p.num_q_heads + w.head_begin + head) * kHeadDim +
-                  piece * 8
-            : 0;
-    cp_async_16_to(q_base + L::chunk_offset(kBlockM, row, piece), p.q + offset, valid);
-  }
+  prefill::for_each_q_piece<T, kHeadDim, kThreads>(
+      p, w, [&](int row, int piece, const T* src, bool valid) {
+        cp_async_16_to(q_base + L::chunk_offset(kBlockM, row, piece), src, valid);
+      });
 }
 
 // As prefill::issue_kv_tile, into the swizzled stages: warp w copies keys w * kKeysPerWarpCopy..
