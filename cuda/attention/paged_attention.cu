@@ -212,6 +212,26 @@ void launch_decode(const PagedAttentionParams<T>& p, dim3 grid, cudaStream_t str
       <<<grid, attention::decode::kThreads, 0, stream>>>(p);
 }
 
+// The fields the decode and prefill kernels' parameters share: tensors, shapes, the scale.
+template <typename Params, typename T>
+Params common_params(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                     const Tensor& v_cache, const AttentionMetadata& meta, float scale) {
+  Params p{};
+  p.out = out.ptr<T>();
+  p.q = q.ptr<const T>();
+  p.k_cache = k_cache.ptr<const T>();
+  p.v_cache = v_cache.ptr<const T>();
+  p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
+  p.seq_lens = meta.seq_lens.ptr<const int32_t>();
+  p.block_table = meta.block_table.ptr<const int32_t>();
+  p.num_q_heads = static_cast<int>(q.size(1));
+  p.num_kv_heads = static_cast<int>(k_cache.size(2));
+  p.block_size = static_cast<int>(k_cache.size(1));
+  p.max_blocks_per_seq = meta.max_blocks_per_seq;
+  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
+  return p;
+}
+
 // Pure decode batches: decode::paged_decode_kernel, then the merge when the context is split.
 template <typename T, int kHeadDim>
 void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -222,24 +242,12 @@ void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const
   // Decode CTAs carry 1, 2 or 4 heads: more would cost registers that occupancy needs.
   const int decode_heads = group == 1 ? 1 : group == 2 ? 2 : 4;
   const LaunchShape shape = plan_decode_launch(num_q_heads, num_kv_heads, decode_heads, meta);
-  PagedAttentionParams<T> p{};
-  p.out = out.ptr<T>();
-  p.q = q.ptr<const T>();
-  p.k_cache = k_cache.ptr<const T>();
-  p.v_cache = v_cache.ptr<const T>();
-  p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
-  p.seq_lens = meta.seq_lens.ptr<const int32_t>();
-  p.block_table = meta.block_table.ptr<const int32_t>();
+  auto p = common_params<PagedAttentionParams<T>, T>(out, q, k_cache, v_cache, meta, scale);
   p.num_tokens = static_cast<int>(num_tokens);
-  p.num_q_heads = static_cast<int>(num_q_heads);
-  p.num_kv_heads = static_cast<int>(num_kv_heads);
-  p.block_size = static_cast<int>(k_cache.size(1));
-  p.max_blocks_per_seq = meta.max_blocks_per_seq;
   p.num_head_chunks = shape.num_head_chunks;
   p.keys_per_split = shape.keys_per_split;
   p.has_window = sliding_window.has_value();
   p.window = sliding_window.value_or(0);
-  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
   const int64_t num_rows = num_tokens * num_q_heads;
   if (shape.num_splits > 1) {
     float* scratch = split_scratch(size_t(shape.num_splits) * num_rows * (kHeadDim + 2));
@@ -318,26 +326,14 @@ void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, cons
   namespace prefill_sm90 = attention::prefill_sm90;
   const int64_t num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
   const int group = static_cast<int>(num_q_heads / num_kv_heads);
-  PrefillParams<T> p{};
-  p.out = out.ptr<T>();
-  p.q = q.ptr<const T>();
-  p.k_cache = k_cache.ptr<const T>();
-  p.v_cache = v_cache.ptr<const T>();
-  p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
-  p.seq_lens = meta.seq_lens.ptr<const int32_t>();
-  p.block_table = meta.block_table.ptr<const int32_t>();
+  auto p = common_params<PrefillParams<T>, T>(out, q, k_cache, v_cache, meta, scale);
   p.num_seqs = meta.num_seqs;
-  p.num_q_heads = static_cast<int>(num_q_heads);
-  p.num_kv_heads = static_cast<int>(num_kv_heads);
-  p.block_size = static_cast<int>(k_cache.size(1));
-  p.max_blocks_per_seq = meta.max_blocks_per_seq;
   p.heads_per_cta = std::min(group, prefill::kBlockM);
   p.num_head_chunks = (group + p.heads_per_cta - 1) / p.heads_per_cta;
   p.queries_per_tile = prefill::kBlockM / p.heads_per_cta;
   p.has_window = sliding_window.has_value();
   // A window past 2^30 positions excludes nothing a context can hold.
   p.window = std::min(sliding_window.value_or(0), 1 << 30);
-  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
   const int64_t num_ranks = (meta.max_query_len + p.queries_per_tile - 1) / p.queries_per_tile;
   const int64_t num_ctas = num_ranks * meta.num_seqs * num_kv_heads * p.num_head_chunks;
   if (num_ctas >= (int64_t{1} << 31)) {
