@@ -3,7 +3,8 @@
 // Logits are made distinct, so a mismatch can only come from a tie that the penalties or the
 // temperature create; such a token is accepted when the CPU's processed logit for it equals
 // the CPU's own pick (equal probability). Rows with a logit_bias are mixed with rows without.
-// Also: reproducible across batch positions, input left unchanged, and one timing line for
+// Also: reproducible across batch positions, input left unchanged, two launches outstanding,
+// the hand-off of sampled ids, prompt scoring against score_tokens, and one timing line for
 // batch 64 at vocab 128,256.
 
 #include <cuda_runtime.h>
@@ -383,6 +384,66 @@ TEST_F(CudaSampling, PenaltiesCountAPendingOutputOfThePreviousLaunch) {
     EXPECT_EQ(got[r].token_id, want[r].token_id) << "row " << r;
     if (r % 2 == 0) EXPECT_NE(got[r].token_id, best[kRows - 1 - r]) << "row " << r;
   }
+}
+
+// Prompt logprobs on the device against score_tokens (the CPU spec): random targets (a row's
+// best and worst tokens among them) and every top-N from 0 to 20, on distinct and on tied
+// logits, with two launches outstanding; then the arguments it refuses.
+TEST_F(CudaSampling, ScoresMatchTheCpuSpec) {
+  std::mt19937 rng(17);
+  cuda::GpuSampler sampler(4, 1000);
+  for (int vocab_size : kVocabs) {
+    for (bool quantise : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "V=" << vocab_size << (quantise ? " quantised" : ""));
+      constexpr int kRows = 37;
+      std::vector<float> logits[2];
+      std::vector<int> targets[2], num_top[2];
+      std::vector<DeviceTensor> device;
+      for (int k = 0; k < 2; ++k) {
+        logits[k] = random_logits(kRows, vocab_size, rng, 3.0f, quantise);
+        for (int r = 0; r < kRows; ++r) {
+          const float* row = logits[k].data() + static_cast<size_t>(r) * vocab_size;
+          const int pick =
+              r % 3 == 0   ? static_cast<int>(std::max_element(row, row + vocab_size) - row)
+              : r % 3 == 1 ? static_cast<int>(std::min_element(row, row + vocab_size) - row)
+                           : static_cast<int>(rng() % vocab_size);
+          targets[k].push_back(pick);
+          num_top[k].push_back((r + 7 * k) % (SamplingParams::kMaxLogprobs + 1));
+        }
+        device.push_back(upload(logits[k], kRows, vocab_size));
+      }
+      sampler.launch_scores(device[0].tensor, targets[0], num_top[0], nullptr);
+      sampler.launch_scores(device[1].tensor, targets[1], num_top[1], nullptr);
+      EXPECT_THROW(sampler.launch_scores(device[0].tensor, targets[0], num_top[0], nullptr),
+                   std::logic_error);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      for (int k = 0; k < 2; ++k) {
+        const std::vector<TokenLogprobs> got = sampler.collect_scores();
+        const std::vector<TokenLogprobs> want =
+            score_tokens(logits[k].data(), vocab_size, targets[k], num_top[k]);
+        ASSERT_EQ(got.size(), want.size());
+        for (int r = 0; r < kRows; ++r) {
+          SCOPED_TRACE(testing::Message() << "launch " << k << " row " << r);
+          EXPECT_EQ(got[r].token_id, want[r].token_id);
+          EXPECT_EQ(got[r].rank, want[r].rank);
+          EXPECT_NEAR(got[r].logprob, want[r].logprob, kLogprobTol);
+          ASSERT_EQ(got[r].top.size(), want[r].top.size());
+          for (size_t j = 0; j < want[r].top.size(); ++j) {
+            EXPECT_EQ(got[r].top[j].first, want[r].top[j].first) << "top " << j;
+            EXPECT_NEAR(got[r].top[j].second, want[r].top[j].second, kLogprobTol) << "top " << j;
+          }
+        }
+      }
+      EXPECT_THROW(sampler.collect_scores(), std::logic_error);
+    }
+  }
+  std::vector<float> logits = random_logits(2, 1000, rng, 1.0f);
+  DeviceTensor device = upload(logits, 2, 1000);
+  const std::vector<int> ids = {1, 2}, bad_ids = {1, 1000}, tops = {0, 20}, bad_tops = {0, 21};
+  EXPECT_THROW(sampler.launch_scores(device.tensor, bad_ids, tops, nullptr), std::out_of_range);
+  EXPECT_THROW(sampler.launch_scores(device.tensor, ids, bad_tops, nullptr), std::invalid_argument);
+  EXPECT_THROW(sampler.launch_scores(device.tensor, std::span(ids).first(1), tops, nullptr),
+               std::invalid_argument);
 }
 
 // Host-measured time per call (uploads, kernel, the result copy and the stream sync).

@@ -2,7 +2,8 @@
 // N + 1 before step N is back gives exactly the outputs of the engine that runs one step at a
 // time, whatever ends the sequences (length, stop tokens, EOS after min_tokens), however the
 // steps are cut (chunked prefill, prefix hits, preemption, n > 1), with penalties counting the
-// pending token, and with prompt logprobs (whose steps are waited for) in the same batch.
+// pending token, and with prompt logprobs (scored on the device as their steps run) in the
+// same batch.
 
 #include <gtest/gtest.h>
 
@@ -168,8 +169,8 @@ TEST(AsyncScheduling, PreemptionUnderBlockPressureMatches) {
   EXPECT_GT(engine.stats().num_preemptions, 0);
 }
 
-// Prompt logprobs are read back after their step, so the step after waits; penalties count
-// the pending token where the sampler left it, so penalised requests run ahead too.
+// Penalties count the pending token where the sampler left it, and prompt rows are scored
+// before a later step can overwrite their logits, so both run ahead.
 TEST(AsyncScheduling, PenaltiesAndPromptLogprobsMatch) {
   std::vector<SamplingParams> params;
   for (int i = 0; i < 4; ++i) params.push_back(seeded(16, 40 + i));
@@ -177,6 +178,26 @@ TEST(AsyncScheduling, PenaltiesAndPromptLogprobsMatch) {
   params[1].frequency_penalty = 0.5f;
   params[2].prompt_logprobs = 3;
   expect_same_outputs(tiny_config(true), prompts_of(4, 12), params);
+}
+
+// A long prompt scored chunk by chunk: each chunk's step is launched ahead of the one before,
+// next to a request that decodes meanwhile, and the scores are those of one step at a time.
+TEST(AsyncScheduling, PromptLogprobChunksRunAhead) {
+  EngineConfig config = tiny_config(true);
+  config.max_num_batched_tokens = 16;
+  const std::vector<std::vector<int>> prompts = {prompt_of(90, 7), prompt_of(6, 2)};
+  SamplingParams scored = greedy(4);
+  scored.prompt_logprobs = 5;
+  const std::vector<SamplingParams> params = {scored, greedy(30)};
+  expect_same_outputs(config, prompts, params);
+
+  Engine engine(config);
+  const std::vector<RequestOutput> outputs = engine.generate(prompts, params);
+  ASSERT_EQ(outputs[0].prompt_logprobs.size(), 89u);
+  const EngineStats stats = engine.stats();
+  // The 90 tokens take at least 6 steps of 16; all but the first step are launched ahead.
+  EXPECT_GE(stats.num_steps, 6);
+  EXPECT_EQ(stats.num_steps_launched_ahead, stats.num_steps - 1);
 }
 
 // Strong penalties on a greedy run: each token changes the next one's logits, so a pending

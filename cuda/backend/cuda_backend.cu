@@ -229,10 +229,26 @@ class CudaLogitsSampler final : public LogitsSampler {
     sampler_.write_sampled_ids(input_ids, pending, backend_.stream());
   }
 
+  void launch_scores(const Tensor& logits, std::span<const int> token_ids,
+                     std::span<const int> num_top) override {
+    sampler_.launch_scores(logits, token_ids, num_top, backend_.stream());
+    score_fences_.push_back(backend_.record_fence());
+  }
+
+  std::vector<TokenLogprobs> collect_scores() override {
+    if (score_fences_.empty()) {
+      throw std::logic_error("CudaLogitsSampler::collect_scores: nothing launched");
+    }
+    backend_.wait_for_fence(score_fences_.front());
+    score_fences_.pop_front();
+    return sampler_.collect_scores();
+  }
+
  private:
   CudaBackend& backend_;
   GpuSampler sampler_;
-  std::deque<uint64_t> fences_;  // one per launch not yet collected
+  std::deque<uint64_t> fences_;        // one per launch not yet collected
+  std::deque<uint64_t> score_fences_;  // one per launch_scores not yet collected
 };
 
 }  // namespace

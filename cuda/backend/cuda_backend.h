@@ -60,7 +60,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   double device_wait_seconds_ = 0.0;
   // Fence f is recorded in fence_events_[f % kNumFenceEvents]; the engine has at most two
-  // steps in flight, so a fence is waited for long before its event is recorded again.
+  // steps in flight, of three fences each at most (step, sampling, prompt scores), so a fence
+  // is waited for before its event is recorded again.
   static constexpr int kNumFenceEvents = 8;
   cudaEvent_t fence_events_[kNumFenceEvents] = {};
   uint64_t num_fences_ = 0;

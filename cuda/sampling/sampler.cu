@@ -148,11 +148,13 @@ void GpuSampler::release() {
   cudaFree(work_);
   cudaFree(marks_);
   cudaFree(keys_);
-  for (Slot& slot : slots_) {
-    cudaFree(slot.upload);
-    cudaFree(slot.results);
-    cudaFreeHost(slot.upload_host);
-    cudaFreeHost(slot.results_host);
+  for (Slot* slots : {slots_, score_slots_}) {
+    for (int i = 0; i < kNumSlots; ++i) {
+      cudaFree(slots[i].upload);
+      cudaFree(slots[i].results);
+      cudaFreeHost(slots[i].upload_host);
+      cudaFreeHost(slots[i].results_host);
+    }
   }
 }
 
@@ -322,23 +324,106 @@ std::vector<SampleResult> GpuSampler::collect() {
   ++num_collects_;
   std::vector<SampleResult> out(slot.rows.size());
   const auto* results_host = reinterpret_cast<const RowResult*>(slot.results_host);
+  for (size_t r = 0; r < slot.rows.size(); ++r) {
+    out[r].token_id = results_host[r].token_id;
+    if (slot.rows[r].num_logprobs >= 0) out[r].logprobs = read_logprobs(slot, r);
+  }
+  return out;
+}
+
+TokenLogprobs GpuSampler::read_logprobs(const Slot& slot, size_t r) {
+  const RowResult& res = reinterpret_cast<const RowResult*>(slot.results_host)[r];
   const auto* top_ids = reinterpret_cast<const int*>(slot.results_host + slot.top_ids_offset);
   const auto* top_logprobs =
       reinterpret_cast<const float*>(slot.results_host + slot.top_logprobs_offset);
-  for (size_t r = 0; r < slot.rows.size(); ++r) {
-    const RowResult& res = results_host[r];
-    out[r].token_id = res.token_id;
-    if (slot.rows[r].num_logprobs < 0) continue;
-    TokenLogprobs lp;
-    lp.token_id = res.token_id;
-    lp.logprob = res.logprob;
-    lp.rank = res.rank;
-    const int offset = slot.rows[r].top_offset;
-    for (int j = 0; j < res.num_top; ++j) {
-      lp.top.emplace_back(top_ids[offset + j], top_logprobs[offset + j]);
-    }
-    out[r].logprobs = std::move(lp);
+  TokenLogprobs lp;
+  lp.token_id = res.token_id;
+  lp.logprob = res.logprob;
+  lp.rank = res.rank;
+  const int offset = slot.rows[r].top_offset;
+  for (int j = 0; j < res.num_top; ++j) {
+    lp.top.emplace_back(top_ids[offset + j], top_logprobs[offset + j]);
   }
+  return lp;
+}
+
+void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_ids,
+                               std::span<const int> num_top, cudaStream_t stream) {
+  constexpr const char* kName = "GpuSampler::launch_scores";
+  if (num_score_launches_ - num_score_collects_ >= kNumSlots) {
+    throw std::logic_error(std::string(kName) + ": " + std::to_string(kNumSlots) +
+                           " are outstanding; collect_scores() the oldest first");
+  }
+  arg_check::rank(kName, "logits", logits, 2);
+  arg_check::dtype(kName, "logits", logits, DType::kF32);
+  arg_check::size(kName, "logits", logits, 0, static_cast<int64_t>(token_ids.size()),
+                  "the number of scored tokens");
+  if (num_top.size() != token_ids.size()) {
+    throw std::invalid_argument(std::string(kName) + ": " + std::to_string(token_ids.size()) +
+                                " token ids but " + std::to_string(num_top.size()) +
+                                " num_top entries; give one per row");
+  }
+  const int num_rows = static_cast<int>(token_ids.size());
+  const int vocab_size = static_cast<int>(logits.size(1));
+  if (vocab_size <= 0) {
+    throw std::invalid_argument(std::string(kName) + ": vocab_size is " +
+                                std::to_string(vocab_size) + " but must be positive");
+  }
+  std::vector<sampling::ScoreArgs> args(token_ids.size());
+  std::vector<RowLogprobs> rows(token_ids.size());
+  int total_top = 0;
+  for (int r = 0; r < num_rows; ++r) {
+    check_token_ids(token_ids.subspan(r, 1), vocab_size, r, "scored");
+    if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
+      throw std::invalid_argument(std::string(kName) + ": row " + std::to_string(r) + " asks for " +
+                                  std::to_string(num_top[r]) + " top logprobs; allowed is [0, " +
+                                  std::to_string(SamplingParams::kMaxLogprobs) + "]");
+    }
+    const int n = std::min(num_top[r], vocab_size);
+    args[r] = {token_ids[r], n, total_top};
+    rows[r] = RowLogprobs{n, total_top};
+    total_top += n;
+  }
+  Slot& slot = score_slots_[num_score_launches_ % kNumSlots];
+  ++num_score_launches_;
+  slot.rows = std::move(rows);
+  if (num_rows == 0) return;
+
+  // Upload: [args]. Results: [num_rows] RowResult, then [total_top] ids, then as many logprobs.
+  const size_t upload_bytes = args.size() * sizeof(sampling::ScoreArgs);
+  slot.top_ids_offset = align8(num_rows * sizeof(RowResult));
+  slot.top_logprobs_offset = slot.top_ids_offset + total_top * sizeof(int);
+  const size_t result_bytes = slot.top_logprobs_offset + total_top * sizeof(float);
+  if (upload_bytes > slot.upload_capacity) {  // doubled, so a long prompt regrows rarely
+    grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity,
+                  std::max(upload_bytes, 2 * slot.upload_capacity));
+  }
+  if (result_bytes > slot.result_capacity) {
+    grow_mirrored(slot.results, slot.results_host, slot.result_capacity,
+                  std::max(result_bytes, 2 * slot.result_capacity));
+  }
+  std::memcpy(slot.upload_host, args.data(), upload_bytes);
+  EMBER_CUDA_CHECK(
+      cudaMemcpyAsync(slot.upload, slot.upload_host, upload_bytes, cudaMemcpyHostToDevice, stream));
+  sampling::score_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(
+      logits.ptr<float>(), vocab_size, reinterpret_cast<const sampling::ScoreArgs*>(slot.upload),
+      reinterpret_cast<RowResult*>(slot.results),
+      reinterpret_cast<int*>(slot.results + slot.top_ids_offset),
+      reinterpret_cast<float*>(slot.results + slot.top_logprobs_offset));
+  EMBER_CUDA_CHECK_LAUNCH();
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, slot.results, result_bytes,
+                                   cudaMemcpyDeviceToHost, stream));
+}
+
+std::vector<TokenLogprobs> GpuSampler::collect_scores() {
+  if (num_score_collects_ == num_score_launches_) {
+    throw std::logic_error("GpuSampler::collect_scores: every launch_scores has been collected");
+  }
+  const Slot& slot = score_slots_[num_score_collects_ % kNumSlots];
+  ++num_score_collects_;
+  std::vector<TokenLogprobs> out;
+  out.reserve(slot.rows.size());
+  for (size_t r = 0; r < slot.rows.size(); ++r) out.push_back(read_logprobs(slot, r));
   return out;
 }
 

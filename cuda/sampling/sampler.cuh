@@ -620,6 +620,29 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(
   }
 }
 
+// One prompt row to score (the CPU's score_tokens), prepared on the host.
+struct ScoreArgs {
+  int token_id;    // the prompt token the row's logits predict
+  int num_top;     // top entries to write: at most SamplingParams::kMaxLogprobs
+  int top_offset;  // the first of them in the top-entry arrays
+};
+
+// Prompt logprobs: row r's raw logits scored for args[r].token_id, one CTA per row.
+__global__ void __launch_bounds__(kThreads)
+    score_rows_kernel(const float* __restrict__ logits,  // [num_rows, vocab_size]
+                      int vocab_size,
+                      const ScoreArgs* __restrict__ args,  // [num_rows]
+                      RowResult* __restrict__ results,     // [num_rows]
+                      int* __restrict__ top_ids,           // [sum of num_top]
+                      float* __restrict__ top_logprobs) {  // [sum of num_top]
+  __shared__ SelectShared ss;
+  __shared__ Scratch sc;
+  const ScoreArgs a = args[blockIdx.x];
+  compute_logprobs(logits + size_t(blockIdx.x) * vocab_size, vocab_size, a.token_id, a.num_top,
+                   results[blockIdx.x], top_ids + a.top_offset, top_logprobs + a.top_offset, ss,
+                   sc);
+}
+
 // The greedy fast path: every row greedy, without masks, logit_bias, penalties or logprobs.
 __global__ void __launch_bounds__(kThreads)
     argmax_rows_kernel(const float* __restrict__ logits,  // [num_rows, vocab_size]

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "backend/tensor.h"
@@ -38,6 +39,14 @@ class GpuSampler {
   // pending[p][1], for each of the P pairs (device tensors, i32).
   void write_sampled_ids(const Tensor& input_ids /*[T]*/, const Tensor& pending /*[P, 2]*/,
                          cudaStream_t stream) const;
+  // Prompt logprobs, as score_tokens on a host copy: enqueues the scoring of logits
+  // ([token_ids.size(), vocab_size] raw f32 on the device, left unchanged) row r for
+  // token_ids[r] with its top num_top[r] (in [0, kMaxLogprobs]), and the copy of the scores to
+  // pinned host memory; collect_scores reads the oldest outstanding one's once the caller has
+  // waited for its work. Two may be outstanding, besides the sampling launches.
+  void launch_scores(const Tensor& logits, std::span<const int> token_ids,
+                     std::span<const int> num_top, cudaStream_t stream);
+  std::vector<TokenLogprobs> collect_scores();
 
  private:
   // One launch's uploads and results: device buffers with pinned host mirrors.
@@ -59,6 +68,8 @@ class GpuSampler {
   static constexpr int kNumSlots = 2;
 
   void reserve(int num_rows, int vocab_size);
+  // Row r's logprobs from the slot's pinned results.
+  static TokenLogprobs read_logprobs(const Slot& slot, size_t r);
   void fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,
                             const std::vector<int>& pending, cudaStream_t stream) const;
   void release();
@@ -71,6 +82,8 @@ class GpuSampler {
   unsigned long long* keys_ = nullptr;
   Slot slots_[kNumSlots];
   uint64_t num_launches_ = 0, num_collects_ = 0;  // launch i uses slots_[i % kNumSlots]
+  Slot score_slots_[kNumSlots];                   // the same, for launch_scores
+  uint64_t num_score_launches_ = 0, num_score_collects_ = 0;
 };
 
 }  // namespace engine::cuda

@@ -85,11 +85,46 @@ class HostLogitsSampler final : public LogitsSampler {
     }
   }
 
+  // Scored at once: on the CPU backend in place, else from a host copy.
+  void launch_scores(const Tensor& logits, std::span<const int> token_ids,
+                     std::span<const int> num_top) override {
+    if (scores_.size() >= 2) {
+      throw std::logic_error(
+          "HostLogitsSampler::launch_scores: two are outstanding; collect_scores()");
+    }
+    for (size_t r = 0; r < num_top.size(); ++r) {
+      if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
+        throw std::invalid_argument("HostLogitsSampler::launch_scores: row " + std::to_string(r) +
+                                    " asks for " + std::to_string(num_top[r]) +
+                                    " top logprobs; allowed is [0, " +
+                                    std::to_string(SamplingParams::kMaxLogprobs) + "]");
+      }
+    }
+    const float* values = logits.ptr<float>();
+    if (logits.device != DeviceType::kCpu) {
+      const auto num_values = static_cast<size_t>(logits.numel());
+      if (host_logits_.size() < num_values) host_logits_.resize(num_values);
+      backend_.copy_to_host(host_logits_.data(), logits);
+      values = host_logits_.data();
+    }
+    scores_.push_back(score_tokens(values, static_cast<int>(logits.size(1)), token_ids, num_top));
+  }
+
+  std::vector<TokenLogprobs> collect_scores() override {
+    if (scores_.empty()) {
+      throw std::logic_error("HostLogitsSampler::collect_scores: nothing launched");
+    }
+    std::vector<TokenLogprobs> oldest = std::move(scores_.front());
+    scores_.pop_front();
+    return oldest;
+  }
+
  private:
   Backend& backend_;
   std::vector<float> host_logits_;
   Sampler sampler_;
   std::deque<std::vector<SampleResult>> results_;  // one per launch not yet collected
+  std::deque<std::vector<TokenLogprobs>> scores_;  // one per launch_scores not yet collected
   std::vector<int32_t> pairs_;
   std::vector<SamplingRow> resolved_rows_;
   std::vector<std::vector<int>> resolved_outputs_;

@@ -1,9 +1,10 @@
 #pragma once
-// Where a step's logits are sampled: a strategy chosen once per runner. On the CPU backend the
-// logits are already host memory; on a GPU they are sampled on the device and only the ids
-// (and asked logprobs) come back.
+// Where a step's logits are sampled, and prompt tokens scored: a strategy chosen once per
+// runner. On the CPU backend the logits are already host memory; on a GPU they are sampled and
+// scored on the device and only the ids and logprobs come back.
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "backend/backend.h"
@@ -24,6 +25,15 @@ class LogitsSampler {
   // (device tensors, i32): the next step's inputs take the ids without waiting for them.
   virtual void write_sampled_ids(const Tensor& input_ids /*[T]*/,
                                  const Tensor& pending /*[P, 2]*/) = 0;
+  // Enqueues the scoring of logits ([token_ids.size(), vocab] raw f32 on the backend's device)
+  // after the work already on the device: row r for token_ids[r], with its top num_top[r]
+  // (score_tokens' results; num_top[r] in [0, SamplingParams::kMaxLogprobs]). Work enqueued
+  // later may overwrite the logits. At most two are outstanding, apart from launch()'s.
+  virtual void launch_scores(const Tensor& logits, std::span<const int> token_ids,
+                             std::span<const int> num_top) = 0;
+  // Waits for the oldest outstanding launch_scores and returns its scores, one per row; only
+  // these cross to the host, never the logits.
+  virtual std::vector<TokenLogprobs> collect_scores() = 0;
 };
 
 // The sampler for this backend: the device sampler where the backend has one, else copy to

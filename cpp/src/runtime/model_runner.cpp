@@ -140,6 +140,8 @@ void* ModelRunner::logits_for(const StepPlan& plan) {
     int64_t grown = 1;
     while (grown < rows) grown *= 2;
     grown = std::min(grown, bound);
+    // A step in flight may still read the old buffer (its sampling and prompt scoring).
+    if (num_in_flight_ > 0) backend_.synchronize();
     prompt_logits_buffer_ = Buffer();  // release first: the two need not fit together
     prompt_logits_buffer_ =
         backend_.allocate(static_cast<size_t>(grown) * model_.config().vocab_size * sizeof(float));
@@ -312,6 +314,7 @@ void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, const Step
                                     HostStepArrays host, int first_row, InFlightStep& step) {
   step.prompt_rows.clear();
   step.prompt_targets.clear();
+  step.prompt_num_top.clear();
   if (plan.num_prompt_rows == 0) return;  // the common step: no sequence scores its prompt
   int row = first_row;
   for (size_t i = 0; i < scheduled.scheduled.size(); ++i) {
@@ -323,30 +326,32 @@ void ModelRunner::write_prompt_rows(const SchedulerOutput& scheduled, const Step
     for (int k = 0; k < count; ++k) {
       host.logits_indices[row++] = first_token + k;
       step.prompt_targets.push_back(state.token_ids[seq.num_computed_tokens + k + 1]);
+      step.prompt_num_top.push_back(*state.params.prompt_logprobs);
     }
     step.prompt_rows.push_back({seq.seq_id, seq.num_computed_tokens + 1, count});
   }
 }
 
-std::vector<PromptLogprobsChunk> ModelRunner::score_prompt_rows(const InFlightStep& step) {
-  std::vector<PromptLogprobsChunk> chunks;
-  if (step.prompt_rows.empty()) return chunks;
+void ModelRunner::launch_prompt_scores(const InFlightStep& step, void* logits) {
+  if (step.prompt_rows.empty()) return;
   const int64_t vocab = model_.config().vocab_size;
   const auto first_row = static_cast<int64_t>(step.sampled_seq_ids.size());
   const auto num_rows = static_cast<int64_t>(step.prompt_targets.size());
-  prompt_logits_host_.resize(static_cast<size_t>(num_rows * vocab));
-  const Tensor rows(static_cast<float*>(step.logits) + first_row * vocab, DType::kF32,
-                    {num_rows, vocab}, backend_.device_type());
-  backend_.copy_to_host(prompt_logits_host_.data(), rows);
-  const float* logits = prompt_logits_host_.data();
-  const std::span<const int> targets(step.prompt_targets);
-  int offset = 0;
+  const Tensor rows(static_cast<float*>(logits) + first_row * vocab, DType::kF32, {num_rows, vocab},
+                    backend_.device_type());
+  sampler_->launch_scores(rows, step.prompt_targets, step.prompt_num_top);
+}
+
+std::vector<PromptLogprobsChunk> ModelRunner::collect_prompt_scores(const InFlightStep& step) {
+  std::vector<PromptLogprobsChunk> chunks;
+  if (step.prompt_rows.empty()) return chunks;
+  std::vector<TokenLogprobs> scores = sampler_->collect_scores();
+  auto next = scores.begin();
   for (const PromptRows& part : step.prompt_rows) {
-    const int num_top = *sequences_.at(part.seq_id).params.prompt_logprobs;
     chunks.push_back({part.seq_id, part.first_position,
-                      score_tokens(logits + offset * vocab, static_cast<int>(vocab),
-                                   targets.subspan(offset, part.count), num_top)});
-    offset += part.count;
+                      std::vector<TokenLogprobs>(std::make_move_iterator(next),
+                                                 std::make_move_iterator(next + part.count))});
+    next += part.count;
   }
   return chunks;
 }
@@ -378,22 +383,19 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
   return rows;
 }
 
-bool ModelRunner::can_launch_ahead() const {
-  return num_in_flight_ == 1 && !steps_[oldest_].blocks_launch_ahead;
-}
+bool ModelRunner::can_launch_ahead() const { return num_in_flight_ == 1; }
 
 void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (num_in_flight_ == 2 || (num_in_flight_ == 1 && !can_launch_ahead())) {
     throw std::logic_error(
-        "ModelRunner::launch: finish() the step in flight first (it scores prompt tokens, or "
-        "two are in flight)");
+        "ModelRunner::launch: two steps are in flight; finish() the oldest first");
   }
   apply_state_updates(scheduled);
   if (scheduled.scheduled.empty()) return;
 
   const StepPlan plan = plan_step(scheduled);
   InFlightStep& step = steps_[(oldest_ + num_in_flight_) % 2];
-  step.logits = logits_for(plan);
+  void* logits = logits_for(plan);
   write_inputs(scheduled, plan, inputs_.begin(plan.shape), step);
   const DeviceStepArrays device = inputs_.upload();
   // Ids the step in flight samples become this step's inputs on the device, after its sampling.
@@ -402,19 +404,19 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (plan.graph_batch_size) {
     graphs_.replay(*plan.graph_batch_size, device.input_ids.data);
   } else {
-    run_forward(plan, device, kv_cache_, step.logits);
+    run_forward(plan, device, kv_cache_, logits);
   }
   ++num_in_flight_;
-  step.blocks_launch_ahead = !step.prompt_rows.empty();
   const int64_t num_rows = static_cast<int64_t>(step.sampled_seq_ids.size());
   if (num_rows > 0) {
     // Built while the device runs the forward.
     const std::vector<SamplingRow> rows = sampling_rows(step.sampled_seq_ids);
-    Tensor logits(step.logits, DType::kF32, {num_rows, model_.config().vocab_size},
-                  backend_.device_type());
-    sampler_->launch(logits, rows);
+    sampler_->launch(
+        Tensor(logits, DType::kF32, {num_rows, model_.config().vocab_size}, backend_.device_type()),
+        rows);
     mark_pending(step);
   }
+  launch_prompt_scores(step, logits);
   step.fence = backend_.record_fence();
 }
 
@@ -424,14 +426,11 @@ ModelRunnerOutput ModelRunner::finish() {
   const InFlightStep& step = steps_[oldest_];
   oldest_ = (oldest_ + 1) % 2;
   --num_in_flight_;
-  // Its staged inputs are rewritten by the step after next, and its logits read below.
+  // Its staged inputs are rewritten by the step after next.
   backend_.wait_for_fence(step.fence);
-  if (step.sampled_seq_ids.empty()) {
-    output.prompt_logprobs = score_prompt_rows(step);
-    return output;
-  }
+  output.prompt_logprobs = collect_prompt_scores(step);
+  if (step.sampled_seq_ids.empty()) return output;
   const std::vector<SampleResult> results = sampler_->collect();
-  output.prompt_logprobs = score_prompt_rows(step);
   output.sampled.reserve(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
     const SeqId seq_id = step.sampled_seq_ids[i];

@@ -47,16 +47,17 @@ class ModelRunner {
   void capture_decode_graphs();
   std::vector<int> decode_graph_batch_sizes() const { return graphs_.batch_sizes(); }
 
-  // Enqueues the step's forward and sampling and returns without waiting for the device;
-  // finish() waits for the oldest step in flight and returns its sampled tokens. Two steps may
-  // be in flight when can_launch_ahead() allowed the second: its sequences may then compute
-  // the token the first samples for them, which the device writes into the second's inputs.
+  // Enqueues the step's forward, sampling and prompt scoring and returns without waiting for
+  // the device; finish() waits for the oldest step in flight and returns its sampled tokens and
+  // prompt logprobs. Two steps may be in flight when can_launch_ahead() allowed the second: its
+  // sequences may then compute the token the first samples for them, which the device writes
+  // into the second's inputs.
   void launch(const SchedulerOutput& scheduled);
   ModelRunnerOutput finish();
   ModelRunnerOutput execute(const SchedulerOutput& scheduled);  // launch, then finish
   // Whether a step may be launched before the one in flight is finished: exactly one is in
-  // flight and it scores no prompt tokens (their logits are read back after the step). The
-  // penalties of a sequence whose last token is pending count it where the sampler left it.
+  // flight. The penalties of a sequence whose last token is pending count it where the sampler
+  // left it; prompt rows are scored on the device before a later step can overwrite them.
   bool can_launch_ahead() const;
   int num_in_flight() const { return num_in_flight_; }
 
@@ -86,9 +87,8 @@ class ModelRunner {
     std::vector<SeqId> sampled_seq_ids;   // in sampled-row order
     std::vector<PromptRows> prompt_rows;  // after the sampled rows
     std::vector<int> prompt_targets;      // the prompt token each prompt row scores
-    void* logits = nullptr;               // [rows, vocab] f32
+    std::vector<int> prompt_num_top;      // and the top logprobs it returns
     uint64_t fence = 0;                   // after the step's work
-    bool blocks_launch_ahead = false;     // see can_launch_ahead()
   };
   // A step's shape and what the attention kernels plan with.
   struct StepPlan {
@@ -116,7 +116,9 @@ class ModelRunner {
   int num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const;
   void write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
                          HostStepArrays host, int first_row, InFlightStep& step);
-  std::vector<PromptLogprobsChunk> score_prompt_rows(const InFlightStep& step);
+  // Enqueues the scoring of the step's prompt rows (after its sampled rows in `logits`).
+  void launch_prompt_scores(const InFlightStep& step, void* logits);
+  std::vector<PromptLogprobsChunk> collect_prompt_scores(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
 
@@ -135,7 +137,6 @@ class ModelRunner {
   InFlightStep steps_[2];  // the oldest in flight is steps_[oldest_]
   int oldest_ = 0;
   int num_in_flight_ = 0;
-  std::vector<float> prompt_logits_host_;
 };
 
 }  // namespace engine

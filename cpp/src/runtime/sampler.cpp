@@ -462,17 +462,26 @@ std::vector<SampleResult> Sampler::sample(float* logits, int vocab_size,
 }
 
 std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
-                                        std::span<const int> token_ids, int num_top) {
-  if (vocab_size <= 0 || num_top < 0) {
-    throw std::invalid_argument("score_tokens: vocab_size " + std::to_string(vocab_size) +
-                                " and num_top " + std::to_string(num_top) +
-                                " must be positive and non-negative");
+                                        std::span<const int> token_ids,
+                                        std::span<const int> num_top) {
+  if (vocab_size <= 0) {
+    throw std::invalid_argument("score_tokens: vocab_size is " + std::to_string(vocab_size) +
+                                " but must be positive");
   }
-  for (int id : token_ids) {
-    if (id < 0 || id >= vocab_size) {
-      throw std::invalid_argument("score_tokens: token id " + std::to_string(id) +
-                                  " is outside the vocabulary [0, " + std::to_string(vocab_size) +
-                                  ")");
+  if (num_top.size() != token_ids.size()) {
+    throw std::invalid_argument("score_tokens: " + std::to_string(token_ids.size()) +
+                                " token ids but " + std::to_string(num_top.size()) +
+                                " num_top entries; give one per row");
+  }
+  for (size_t r = 0; r < token_ids.size(); ++r) {
+    if (token_ids[r] < 0 || token_ids[r] >= vocab_size) {
+      throw std::invalid_argument("score_tokens: row " + std::to_string(r) + " token id " +
+                                  std::to_string(token_ids[r]) + " is outside the vocabulary [0, " +
+                                  std::to_string(vocab_size) + ")");
+    }
+    if (num_top[r] < 0) {
+      throw std::invalid_argument("score_tokens: row " + std::to_string(r) + " num_top " +
+                                  std::to_string(num_top[r]) + " must be non-negative");
     }
   }
   std::vector<TokenLogprobs> scored(token_ids.size());
@@ -480,7 +489,7 @@ std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
 #pragma omp parallel for schedule(static) if (num_rows > 1)
   for (std::ptrdiff_t r = 0; r < num_rows; ++r) {
     scored[r] = compute_logprobs(logits + r * static_cast<std::ptrdiff_t>(vocab_size), vocab_size,
-                                 token_ids[r], num_top);
+                                 token_ids[r], num_top[r]);
   }
   return scored;
 }

@@ -49,10 +49,12 @@ class Sampler {
 };
 
 // Row r of logits ([token_ids.size(), vocab_size] row-major fp32, raw: no penalty, no
-// temperature) scored for token_ids[r]: its logprob and rank, and the top num_top. Throws
-// std::invalid_argument for an id outside the vocabulary.
+// temperature) scored for token_ids[r]: its logprob and rank, and the top num_top[r]. Throws
+// std::invalid_argument for an id outside the vocabulary, a negative num_top or spans of
+// different sizes.
 std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
-                                        std::span<const int> token_ids, int num_top);
+                                        std::span<const int> token_ids,
+                                        std::span<const int> num_top);
 
 // The uniform draw in [0, 1) for (seed, output index): the same value in any batch.
 double uniform_draw(uint64_t seed, uint64_t counter);
