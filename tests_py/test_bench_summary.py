@@ -92,6 +92,8 @@ def test_ratios_against_the_ceilings_of_the_same_run():
     absolute = rows[f"throughput output tok/s, {shape}, absolute"]
     assert absolute[1] == "target 12,000 (H100)"
     assert absolute[2:] == [f"{13000 / 12000:.2f}", ">= 1.00", "yes"]
+    roofline = rows[f"throughput output tok/s, {shape}, of its roofline"]
+    assert roofline[0].startswith("missing (no model shape")
     assert rows["host share of a decode step, batch 1"][2] == "0.10"
     assert "timed on 64 of the 1000 prompts" in text
 
@@ -111,7 +113,30 @@ def test_missing_reports_are_marked_and_fail_the_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["NVIDIA H200", "NVIDIA H100 PCIe", "NVIDIA A100"])
 def test_throughput_target_follows_the_gpu(name):
-    rows = bench_summary.throughput_rows(throughput_report(), name)
+    rows = bench_summary.throughput_rows(throughput_report(), name, COPY_GBPS, GEMM_TFLOPS)
     absolute = next(r for r in rows if r.measure.endswith("absolute"))
     want = {"NVIDIA H200": 15_000, "NVIDIA H100 PCIe": 12_000}.get(name)
     assert absolute.ratio == (None if want is None else pytest.approx(13000 / want))
+
+
+def test_throughput_roofline_adds_the_gemm_flops_and_the_kv_reads():
+    report = throughput_report(ember_tokens_per_s=100.0)
+    report.update(num_prompts=2, input_len=4, output_len=3)
+    report["model_shape"] = {
+        "body_params": 10**9,
+        "output_head_params": 10**8,
+        "kv_cache_bytes_per_token": 10**9,
+        "attention_flops_per_key": 10**7,
+    }
+    # Per prompt: prefill 4 tokens through the body, the head once, 4 * 5 / 2 causal pairs;
+    # two decode tokens through body and head, attending to 5 and 6 cached tokens.
+    gemm_s = 2 * (4 * 2e9 + 2e8 + 10 * 1e7 + 2 * 2 * 1.1e9) / 1e12
+    kv_s = 2 * (5 + 6) * 1e9 / 1e12
+    roofline = bench_summary.throughput_roofline(report, copy_gbps=1000.0, gemm_tflops=1.0)
+    assert roofline["gemm_s"] == pytest.approx(gemm_s)
+    assert roofline["kv_s"] == pytest.approx(kv_s)
+    assert roofline["output_tokens_per_s"] == pytest.approx(6 / (gemm_s + kv_s))
+    rows = bench_summary.throughput_rows(report, "NVIDIA H200", 1000.0, 1.0)
+    row = next(r for r in rows if r.measure.endswith("of its roofline"))
+    assert row.ratio == pytest.approx(100.0 * (gemm_s + kv_s) / 6)
+    assert "s of GEMM flops" in row.reference

@@ -148,8 +148,18 @@ def test_bench_latency_and_throughput_on_dummy_weights(tiny_checkpoint, tmp_path
     assert requests_per_s > 0
     # 3 prompts x (8 in + 4 out): total is 3x the output rate
     assert total_per_s == pytest.approx(3 * output_per_s, rel=1e-3)
-    assert json.loads(throughput_json.read_text())["ember"]["output_tokens_per_s"] == (
-        pytest.approx(output_per_s, rel=1e-3)
+    report = json.loads(throughput_json.read_text())
+    assert report["ember"]["output_tokens_per_s"] == pytest.approx(output_per_s, rel=1e-3)
+    # The roofline's model shape, from the checkpoint's config (fp32 K/V on the CPU).
+    config = json.loads((tiny_checkpoint("llama") / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    layers, kv_heads = config["num_hidden_layers"], config["num_key_value_heads"]
+    assert report["model_shape"]["kv_cache_bytes_per_token"] == 2 * layers * kv_heads * head_dim * 4
+    assert (
+        report["model_shape"]["output_head_params"] == config["vocab_size"] * config["hidden_size"]
+    )
+    assert report["model_shape"]["attention_flops_per_key"] == (
+        4 * layers * config["num_attention_heads"] * head_dim
     )
 
     # Both reports feed the summary table; without engine_bench's it marks the kernels missing.

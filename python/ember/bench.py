@@ -85,26 +85,38 @@ def bench_engine(args: argparse.Namespace):
 
 
 def describe_engine(engine) -> dict:
-    """What a report says about the engine: model, device, and the weight bytes a decode step
-    reads (the batch-1 floor's numerator)."""
+    """What a report says about the engine: model, device, the weight bytes a decode step reads
+    (the batch-1 floor's numerator) and the model's shape for the throughput roofline."""
     info = engine.model_info
     on_gpu = info.device.startswith("cuda")
-    params = decode_weight_params(engine.model_dir)
-    bytes_per_param = 2 if on_gpu else 4  # the GPU computes in bf16 or fp16, the CPU in fp32
-    return {
+    shape = model_shape(engine.model_dir)
+    bytes_per_value = 2 if on_gpu else 4  # the GPU computes in bf16 or fp16, the CPU in fp32
+    report = {
         "model": str(engine.model_dir),
         "architecture": info.architecture,
         "device": info.device,
         "device_name": device_name(info.device),
         "cuda_graph_batch_sizes": list(getattr(info, "cuda_graph_batch_sizes", [])),
-        "decode_weight_bytes": None if params is None else params * bytes_per_param,
+        "decode_weight_bytes": None,
+        "model_shape": None,
     }
+    if shape is not None:
+        report["decode_weight_bytes"] = shape.pop("decode_weight_params") * bytes_per_value
+        shape["kv_cache_bytes_per_token"] = shape.pop("kv_values_per_token") * bytes_per_value
+        report["model_shape"] = shape
+    return report
 
 
-def decode_weight_params(model_dir) -> int | None:
-    """Parameters a decode step reads in full: all but the input embedding table, of which it
-    reads one row per token (unless the output head shares it). Counted on transformers' meta
-    device, so nothing is allocated; None where transformers cannot build the architecture."""
+def model_shape(model_dir) -> dict | None:
+    """The counts a roofline needs, from transformers' meta device (nothing is allocated):
+    - decode_weight_params: what a decode step reads in full, all but the input embedding table
+      (one row of it per token, unless the output head shares it);
+    - body_params: the parameters every token multiplies (decode_weight_params less the head);
+    - output_head_params: the head, applied to sampled rows only;
+    - kv_values_per_token: K and V values the cache holds per token, over all layers;
+    - attention_flops_per_key: flops of one query against one cached key, over all layers and
+      heads (q.k and p.v, a multiply-add each per head dimension).
+    None where transformers cannot build the architecture."""
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -112,14 +124,25 @@ def decode_weight_params(model_dir) -> int | None:
         config = AutoConfig.from_pretrained(model_dir)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except Exception:  # noqa: BLE001 - the figure is optional; the benchmark goes on without it
+    except Exception:  # noqa: BLE001 - the figures are optional; the benchmark goes on without
         return None
     total = sum(p.numel() for p in model.parameters())  # a tied table is counted once
     embedding = model.get_input_embeddings().weight
     output = model.get_output_embeddings()
     if output is None or output.weight is not embedding:
         total -= embedding.numel()
-    return int(total)
+    head = 0 if output is None else output.weight.numel()
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    layers = text.num_hidden_layers
+    return {
+        "decode_weight_params": int(total),
+        "body_params": int(total - head),
+        "output_head_params": int(head),
+        "kv_values_per_token": 2 * layers * num_kv_heads * head_dim,
+        "attention_flops_per_key": 4 * layers * text.num_attention_heads * head_dim,
+    }
 
 
 def device_name(device: str) -> str | None:

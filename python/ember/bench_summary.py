@@ -147,7 +147,48 @@ def _floor_row(measure: str, result: dict | None, latency: dict, copy_gbps: floa
     return Row(measure, f"{measured:,.1f}", reference, measured / floor, BATCH_1_FLOOR_TARGET)
 
 
-def throughput_rows(throughput: dict | None, device_name: str | None) -> list[Row]:
+def throughput_roofline(t: dict, copy_gbps: float, gemm_tflops: float) -> dict | None:
+    """Seconds the throughput workload needs at the ceilings of the same run, for kernels that
+    run one after another: every GEMM flop at the GEMM ceiling (prefill tokens through the body,
+    the head for sampled rows only, and causal prefill attention), plus every K/V byte that
+    decode attention reads at the copy bandwidth (each output after the first reads its whole
+    context). Weight reads at small decode batches, launches and host time are left out, so no
+    run can beat it. None when the report lacks the model's shape."""
+    shape = t.get("model_shape")
+    if not shape:
+        return None
+    n, i, o = t["num_prompts"], t["input_len"], t["output_len"]
+    body, head = shape["body_params"], shape["output_head_params"]
+    prefill_flops = n * (
+        i * 2 * body + 2 * head + shape["attention_flops_per_key"] * i * (i + 1) / 2
+    )
+    decode_flops = n * (o - 1) * 2 * (body + head)
+    # The output after the first at step j (1..o-1) attends to i + j cached tokens.
+    kv_bytes = n * shape["kv_cache_bytes_per_token"] * ((o - 1) * i + (o - 1) * o / 2)
+    gemm_s = (prefill_flops + decode_flops) / (gemm_tflops * 1e12)
+    kv_s = kv_bytes / (copy_gbps * 1e9)
+    return {"gemm_s": gemm_s, "kv_s": kv_s, "output_tokens_per_s": n * o / (gemm_s + kv_s)}
+
+
+def roofline_row(measure: str, ember: float, t: dict, copy: float | None, gemm: float | None):
+    measure = f"{measure}, of its roofline"
+    if copy is None or gemm is None:
+        return missing(measure, "no engine_bench ceilings")
+    roofline = throughput_roofline(t, copy, gemm)
+    if roofline is None:
+        return missing(measure, "no model shape in the throughput report")
+    return Row(
+        measure,
+        f"{ember:,.0f}",
+        f"ceiling {roofline['output_tokens_per_s']:,.0f} ({roofline['gemm_s']:.1f} s of GEMM "
+        f"flops + {roofline['kv_s']:.1f} s of K/V reads)",
+        ember / roofline["output_tokens_per_s"],
+    )
+
+
+def throughput_rows(
+    throughput: dict | None, device_name: str | None, copy: float | None, gemm: float | None
+) -> list[Row]:
     measure = "throughput output tok/s"
     if throughput is None:
         return [missing(measure, "throughput report")]
@@ -184,6 +225,7 @@ def throughput_rows(throughput: dict | None, device_name: str | None) -> list[Ro
                 1.0,
             )
         )
+    rows.append(roofline_row(measure, ember, t, copy, gemm))
     steps = t["ember"].get("steps")
     if steps is not None and steps["num_steps"] > 0:
         step_ms = 1e3 * steps["step_seconds"] / steps["num_steps"]
@@ -234,7 +276,7 @@ def summarize(kernels: dict | None, latency: dict | None, throughput: dict | Non
     rows = (
         latency_rows(latency, copy)
         + kernel_rows(kernels)
-        + throughput_rows(throughput, device_name)
+        + throughput_rows(throughput, device_name, copy, gemm)
     )
     lines = [f"GPU benchmark summary: {device_name or 'unknown device'}"]
     if copy is not None and gemm is not None:
