@@ -196,6 +196,22 @@ void expect_same(const std::vector<SampleResult>& gpu, const std::vector<SampleR
 
 class CudaSampling : public CudaTest {};
 
+// A logic_error of exactly that type (not one of its subclasses, invalid_argument or
+// out_of_range) whose message holds `what`.
+template <typename Call>
+void expect_logic_error(Call call, const std::string& what) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected one about \"" << what << "\"";
+  } catch (const std::invalid_argument& error) {
+    ADD_FAILURE() << "invalid_argument: " << error.what();
+  } catch (const std::out_of_range& error) {
+    ADD_FAILURE() << "out_of_range: " << error.what();
+  } catch (const std::logic_error& error) {
+    EXPECT_NE(std::string(error.what()).find(what), std::string::npos) << error.what();
+  }
+}
+
 void run_settings(bool quantise) {
   std::mt19937 rng(quantise ? 11 : 7);
   cuda::GpuSampler gpu_sampler(8, 1000);  // smaller than the cases: exercises growing
@@ -280,11 +296,11 @@ TEST_F(CudaSampling, TwoOutstandingLaunchesCollectOldestFirst) {
 
   sampler.launch(device_a.tensor, a.rows, nullptr);
   sampler.launch(device_b.tensor, b.rows, nullptr);
-  EXPECT_THROW(sampler.launch(device_a.tensor, a.rows, nullptr), std::logic_error);
+  expect_logic_error([&] { sampler.launch(device_a.tensor, a.rows, nullptr); }, "outstanding");
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto got_a = sampler.collect();
   const auto got_b = sampler.collect();
-  EXPECT_THROW(sampler.collect(), std::logic_error);
+  expect_logic_error([&] { sampler.collect(); }, "every launch has been collected");
   ASSERT_EQ(got_a.size(), alone_a.size());
   for (int r = 0; r < kRows; ++r) {
     EXPECT_EQ(got_a[r].token_id, alone_a[r].token_id) << "row " << r;
@@ -414,8 +430,9 @@ TEST_F(CudaSampling, ScoresMatchTheCpuSpec) {
       }
       sampler.launch_scores(device[0].tensor, targets[0], num_top[0], nullptr);
       sampler.launch_scores(device[1].tensor, targets[1], num_top[1], nullptr);
-      EXPECT_THROW(sampler.launch_scores(device[0].tensor, targets[0], num_top[0], nullptr),
-                   std::logic_error);
+      expect_logic_error(
+          [&] { sampler.launch_scores(device[0].tensor, targets[0], num_top[0], nullptr); },
+          "outstanding");
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       for (int k = 0; k < 2; ++k) {
         const std::vector<TokenLogprobs> got = sampler.collect_scores();
@@ -434,7 +451,26 @@ TEST_F(CudaSampling, ScoresMatchTheCpuSpec) {
           }
         }
       }
-      EXPECT_THROW(sampler.collect_scores(), std::logic_error);
+      expect_logic_error([&] { sampler.collect_scores(); }, "has been collected");
+    }
+  }
+  // A vocabulary smaller than the top-N asked (clamped, as on the CPU), over more rows than
+  // before (the slots grow).
+  {
+    constexpr int kRows = 300, kVocab = 7;
+    std::vector<float> logits = random_logits(kRows, kVocab, rng, 2.0f);
+    std::vector<int> targets(kRows), num_top(kRows, SamplingParams::kMaxLogprobs);
+    for (int r = 0; r < kRows; ++r) targets[r] = r % kVocab;
+    DeviceTensor device = upload(logits, kRows, kVocab);
+    sampler.launch_scores(device.tensor, targets, num_top, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<TokenLogprobs> got = sampler.collect_scores();
+    const std::vector<TokenLogprobs> want = score_tokens(logits.data(), kVocab, targets, num_top);
+    ASSERT_EQ(got.size(), want.size());
+    for (int r = 0; r < kRows; ++r) {
+      EXPECT_EQ(got[r].rank, want[r].rank) << "row " << r;
+      ASSERT_EQ(got[r].top.size(), static_cast<size_t>(kVocab)) << "row " << r;
+      for (int j = 0; j < kVocab; ++j) EXPECT_EQ(got[r].top[j].first, want[r].top[j].first);
     }
   }
   std::vector<float> logits = random_logits(2, 1000, rng, 1.0f);

@@ -246,6 +246,80 @@ TEST(EngineCuda, AsyncSchedulingGivesTheTokensOfOneStepAtATime) {
   }
 }
 
+// A request's tokens and prompt logprobs, gathered from step() deltas.
+struct StreamedResult {
+  std::vector<int> tokens;
+  std::vector<TokenLogprobs> prompt_logprobs;
+};
+
+// Request "0" is added and stepped once before the others arrive, so their first step is
+// scheduled while its step is in flight.
+std::vector<StreamedResult> run_staggered(Engine& engine,
+                                          const std::vector<std::vector<int>>& prompts,
+                                          const std::vector<SamplingParams>& params) {
+  std::vector<StreamedResult> results(prompts.size());
+  auto take = [&](const std::vector<RequestOutput>& outputs) {
+    for (const RequestOutput& output : outputs) {
+      StreamedResult& result = results.at(std::stoul(output.request_id));
+      for (int id : output.outputs.at(0).token_ids) result.tokens.push_back(id);
+      if (!output.prompt_logprobs.empty()) result.prompt_logprobs = output.prompt_logprobs;
+    }
+  };
+  engine.add_request("0", prompts[0], params[0]);
+  take(engine.step());
+  for (size_t i = 1; i < prompts.size(); ++i) {
+    engine.add_request(std::to_string(i), prompts[i], params[i]);
+  }
+  for (int step = 0; engine.has_unfinished_requests(); ++step) {
+    if (step == 500) {
+      ADD_FAILURE() << "still unfinished after 500 steps";
+      break;
+    }
+    take(engine.step());
+  }
+  return results;
+}
+
+// Prompt logprobs on the GPU are scored behind each step's sampling, so a scored step runs
+// ahead under async scheduling: a scored prompt arrives while another scored step is in
+// flight (the prompt-logits buffer grows meanwhile), a long one is chunked. Scores and tokens
+// equal those of one step at a time, bit for bit (the same steps run the same kernels).
+TEST(EngineCuda, AsyncSchedulingScoresPromptsLikeOneStepAtATime) {
+  EngineConfig config = tiny_config();
+  config.num_kv_blocks.reset();
+  config.max_num_seqs = 16;
+  config.max_num_batched_tokens = 64;
+  SamplingParams scored = greedy(8);
+  scored.prompt_logprobs = 5;
+  const std::vector<std::vector<int>> prompts{prompt_of(6, 2), prompt_of(50, 7), prompt_of(100, 11),
+                                              prompt_of(12, 5)};
+  const std::vector<SamplingParams> params{scored, scored, scored, greedy(8)};
+  config.async_scheduling = true;
+  std::optional<Engine> ahead = cuda_engine(config);
+  if (!ahead) GTEST_SKIP() << "no CUDA backend or device";
+  config.async_scheduling = false;
+  std::optional<Engine> one_at_a_time = cuda_engine(config);
+  const std::vector<StreamedResult> got = run_staggered(*ahead, prompts, params);
+  const std::vector<StreamedResult> want = run_staggered(*one_at_a_time, prompts, params);
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    SCOPED_TRACE("request " + std::to_string(r));
+    EXPECT_EQ(got[r].tokens, want[r].tokens);
+    const size_t num_scored = params[r].prompt_logprobs ? prompts[r].size() - 1 : 0;
+    ASSERT_EQ(got[r].prompt_logprobs.size(), num_scored);
+    ASSERT_EQ(want[r].prompt_logprobs.size(), num_scored);
+    for (size_t i = 0; i < num_scored; ++i) {
+      const TokenLogprobs &g = got[r].prompt_logprobs[i], &w = want[r].prompt_logprobs[i];
+      EXPECT_EQ(g.token_id, prompts[r][i + 1]) << "entry " << i;
+      EXPECT_EQ(g.token_id, w.token_id) << "entry " << i;
+      EXPECT_EQ(g.rank, w.rank) << "entry " << i;
+      EXPECT_EQ(g.logprob, w.logprob) << "entry " << i;
+      EXPECT_EQ(g.top, w.top) << "entry " << i;
+      EXPECT_EQ(g.top.size(), 5u) << "entry " << i;
+    }
+  }
+  EXPECT_GT(ahead->stats().num_steps_launched_ahead, 0);
+}
+
 TEST(EngineCuda, TooLowGpuMemoryUtilizationSaysWhatToChange) {
   EngineConfig config = tiny_config();
   config.num_kv_blocks.reset();

@@ -384,16 +384,13 @@ void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_
     rows[r] = RowLogprobs{n, total_top};
     total_top += n;
   }
-  Slot& slot = score_slots_[num_score_launches_ % kNumSlots];
-  ++num_score_launches_;
-  slot.rows = std::move(rows);
-  if (num_rows == 0) return;
-
   // Upload: [args]. Results: [num_rows] RowResult, then [total_top] ids, then as many logprobs.
+  // The slot grows first, so a failed allocation leaves no launch counted.
+  Slot& slot = score_slots_[num_score_launches_ % kNumSlots];
   const size_t upload_bytes = args.size() * sizeof(sampling::ScoreArgs);
-  slot.top_ids_offset = align8(num_rows * sizeof(RowResult));
-  slot.top_logprobs_offset = slot.top_ids_offset + total_top * sizeof(int);
-  const size_t result_bytes = slot.top_logprobs_offset + total_top * sizeof(float);
+  const size_t top_ids_offset = align8(num_rows * sizeof(RowResult));
+  const size_t top_logprobs_offset = top_ids_offset + total_top * sizeof(int);
+  const size_t result_bytes = top_logprobs_offset + total_top * sizeof(float);
   if (upload_bytes > slot.upload_capacity) {  // doubled, so a long prompt regrows rarely
     grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity,
                   std::max(upload_bytes, 2 * slot.upload_capacity));
@@ -402,6 +399,11 @@ void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_
     grow_mirrored(slot.results, slot.results_host, slot.result_capacity,
                   std::max(result_bytes, 2 * slot.result_capacity));
   }
+  ++num_score_launches_;
+  slot.rows = std::move(rows);
+  slot.top_ids_offset = top_ids_offset;
+  slot.top_logprobs_offset = top_logprobs_offset;
+  if (num_rows == 0) return;
   std::memcpy(slot.upload_host, args.data(), upload_bytes);
   EMBER_CUDA_CHECK(
       cudaMemcpyAsync(slot.upload, slot.upload_host, upload_bytes, cudaMemcpyHostToDevice, stream));

@@ -92,6 +92,11 @@ class HostLogitsSampler final : public LogitsSampler {
       throw std::logic_error(
           "HostLogitsSampler::launch_scores: two are outstanding; collect_scores()");
     }
+    if (logits.size(0) != static_cast<int64_t>(token_ids.size())) {
+      throw std::invalid_argument(
+          "HostLogitsSampler::launch_scores: " + std::to_string(logits.size(0)) +
+          " rows of logits for " + std::to_string(token_ids.size()) + " token ids");
+    }
     for (size_t r = 0; r < num_top.size(); ++r) {
       if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
         throw std::invalid_argument("HostLogitsSampler::launch_scores: row " + std::to_string(r) +

@@ -386,7 +386,7 @@ std::vector<SamplingRow> ModelRunner::sampling_rows(const std::vector<SeqId>& se
 bool ModelRunner::can_launch_ahead() const { return num_in_flight_ == 1; }
 
 void ModelRunner::launch(const SchedulerOutput& scheduled) {
-  if (num_in_flight_ == 2 || (num_in_flight_ == 1 && !can_launch_ahead())) {
+  if (num_in_flight_ == 2) {
     throw std::logic_error(
         "ModelRunner::launch: two steps are in flight; finish() the oldest first");
   }
