@@ -125,6 +125,20 @@ RowArgs make_row_args(const SamplingRow& row, int vocab_size, std::vector<int>& 
 
 size_t align8(size_t n) { return (n + 7) / 8 * 8; }
 
+// The vocabulary size of logits that must be [num_rows, vocab > 0] f32.
+int checked_vocab_size(const char* name, const Tensor& logits, size_t num_rows,
+                       const char* rows_name) {
+  arg_check::rank(name, "logits", logits, 2);
+  arg_check::dtype(name, "logits", logits, DType::kF32);
+  arg_check::size(name, "logits", logits, 0, static_cast<int64_t>(num_rows), rows_name);
+  const int vocab_size = static_cast<int>(logits.size(1));
+  if (vocab_size <= 0) {
+    throw std::invalid_argument(std::string(name) + ": vocab_size is " +
+                                std::to_string(vocab_size) + " but must be positive");
+  }
+  return vocab_size;
+}
+
 // A device buffer and its pinned host mirror, regrown to `bytes` when smaller (contents
 // dropped). A slot grows only when it is launched again, after its last launch was collected.
 void grow_mirrored(char*& device, char*& host, size_t& capacity, size_t bytes) {
@@ -206,16 +220,9 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
     throw std::logic_error("GpuSampler::launch: " + std::to_string(kNumSlots) +
                            " launches are outstanding; collect() the oldest first");
   }
-  arg_check::rank(kName, "logits", logits, 2);
-  arg_check::dtype(kName, "logits", logits, DType::kF32);
-  arg_check::size(kName, "logits", logits, 0, static_cast<int64_t>(rows.size()),
-                  "the number of sampling rows");
   const int num_rows = static_cast<int>(rows.size());
-  const int vocab_size = static_cast<int>(logits.size(1));
-  if (vocab_size <= 0) {
-    throw std::invalid_argument(std::string(kName) + ": vocab_size is " +
-                                std::to_string(vocab_size) + " but must be positive");
-  }
+  const int vocab_size =
+      checked_vocab_size(kName, logits, rows.size(), "the number of sampling rows");
   check_rows(rows, vocab_size);
   if (num_rows > 0) reserve(num_rows, vocab_size);
   Slot& slot = slots_[num_launches_ % kNumSlots];
@@ -354,21 +361,14 @@ void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_
     throw std::logic_error(std::string(kName) + ": " + std::to_string(kNumSlots) +
                            " are outstanding; collect_scores() the oldest first");
   }
-  arg_check::rank(kName, "logits", logits, 2);
-  arg_check::dtype(kName, "logits", logits, DType::kF32);
-  arg_check::size(kName, "logits", logits, 0, static_cast<int64_t>(token_ids.size()),
-                  "the number of scored tokens");
+  const int vocab_size =
+      checked_vocab_size(kName, logits, token_ids.size(), "the number of scored tokens");
   if (num_top.size() != token_ids.size()) {
     throw std::invalid_argument(std::string(kName) + ": " + std::to_string(token_ids.size()) +
                                 " token ids but " + std::to_string(num_top.size()) +
                                 " num_top entries; give one per row");
   }
   const int num_rows = static_cast<int>(token_ids.size());
-  const int vocab_size = static_cast<int>(logits.size(1));
-  if (vocab_size <= 0) {
-    throw std::invalid_argument(std::string(kName) + ": vocab_size is " +
-                                std::to_string(vocab_size) + " but must be positive");
-  }
   std::vector<sampling::ScoreArgs> args(token_ids.size());
   std::vector<RowLogprobs> rows(token_ids.size());
   int total_top = 0;
