@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "runtime/sampler.h"
@@ -405,6 +406,35 @@ TEST(UniformDraw, IsRoughlyUniformOverCountersAndOverSeeds) {
     EXPECT_LT(chi2, 45.0) << (vary_seed ? "over seeds" : "over counters");
     EXPECT_NEAR(mean, 0.5, 0.003);
   }
+}
+
+// score_tokens (and the device samplers, through check_score_rows) refuse rows they cannot
+// score, with the row and the allowed range in the message.
+TEST(ScoreTokens, RejectsRowsItCannotScore) {
+  const std::vector<float> logits(2 * 5, 0.5f);
+  auto message = [&](std::vector<int> ids, std::vector<int> num_top) {
+    try {
+      score_tokens(logits.data(), 5, ids, num_top);
+    } catch (const std::invalid_argument& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message({1, 5}, {0, 0}),
+            "score_tokens: row 1 token id 5 is outside the vocabulary [0, 5)");
+  EXPECT_EQ(message({1, 2}, {3, 21}),
+            "score_tokens: row 1 asks for 21 top logprobs; allowed is "
+            "[0, 20]");
+  EXPECT_EQ(message({1, 2}, {-1, 0}),
+            "score_tokens: row 0 asks for -1 top logprobs; allowed is "
+            "[0, 20]");
+  EXPECT_EQ(message({1, 2}, {0}),
+            "score_tokens: 2 token ids but 1 num_top entries; give one per "
+            "row");
+  const std::vector<TokenLogprobs> scored = score_tokens(logits.data(), 5, {{1, 2}}, {{20, 0}});
+  ASSERT_EQ(scored.size(), 2u);
+  EXPECT_EQ(scored[0].top.size(), 5u);  // clamped to the vocabulary
+  EXPECT_TRUE(scored[1].top.empty());
 }
 
 }  // namespace

@@ -363,22 +363,12 @@ void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_
   }
   const int vocab_size =
       checked_vocab_size(kName, logits, token_ids.size(), "the number of scored tokens");
-  if (num_top.size() != token_ids.size()) {
-    throw std::invalid_argument(std::string(kName) + ": " + std::to_string(token_ids.size()) +
-                                " token ids but " + std::to_string(num_top.size()) +
-                                " num_top entries; give one per row");
-  }
+  check_score_rows(kName, vocab_size, token_ids, num_top);
   const int num_rows = static_cast<int>(token_ids.size());
   std::vector<sampling::ScoreArgs> args(token_ids.size());
   std::vector<RowLogprobs> rows(token_ids.size());
   int total_top = 0;
   for (int r = 0; r < num_rows; ++r) {
-    check_token_ids(token_ids.subspan(r, 1), vocab_size, r, "scored");
-    if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
-      throw std::invalid_argument(std::string(kName) + ": row " + std::to_string(r) + " asks for " +
-                                  std::to_string(num_top[r]) + " top logprobs; allowed is [0, " +
-                                  std::to_string(SamplingParams::kMaxLogprobs) + "]");
-    }
     const int n = std::min(num_top[r], vocab_size);
     args[r] = {token_ids[r], n, total_top};
     rows[r] = RowLogprobs{n, total_top};

@@ -85,7 +85,8 @@ class HostLogitsSampler final : public LogitsSampler {
     }
   }
 
-  // Scored at once: on the CPU backend in place, else from a host copy.
+  // Scored at once (score_tokens checks the rows): on the CPU backend in place, else from a
+  // host copy.
   void launch_scores(const Tensor& logits, std::span<const int> token_ids,
                      std::span<const int> num_top) override {
     if (scores_.size() >= 2) {
@@ -96,14 +97,6 @@ class HostLogitsSampler final : public LogitsSampler {
       throw std::invalid_argument(
           "HostLogitsSampler::launch_scores: " + std::to_string(logits.size(0)) +
           " rows of logits for " + std::to_string(token_ids.size()) + " token ids");
-    }
-    for (size_t r = 0; r < num_top.size(); ++r) {
-      if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
-        throw std::invalid_argument("HostLogitsSampler::launch_scores: row " + std::to_string(r) +
-                                    " asks for " + std::to_string(num_top[r]) +
-                                    " top logprobs; allowed is [0, " +
-                                    std::to_string(SamplingParams::kMaxLogprobs) + "]");
-      }
     }
     const float* values = logits.ptr<float>();
     if (logits.device != DeviceType::kCpu) {

@@ -461,29 +461,36 @@ std::vector<SampleResult> Sampler::sample(float* logits, int vocab_size,
   return results;
 }
 
-std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
-                                        std::span<const int> token_ids,
-                                        std::span<const int> num_top) {
+void check_score_rows(const char* caller, int vocab_size, std::span<const int> token_ids,
+                      std::span<const int> num_top) {
+  const std::string name(caller);
   if (vocab_size <= 0) {
-    throw std::invalid_argument("score_tokens: vocab_size is " + std::to_string(vocab_size) +
+    throw std::invalid_argument(name + ": vocab_size is " + std::to_string(vocab_size) +
                                 " but must be positive");
   }
   if (num_top.size() != token_ids.size()) {
-    throw std::invalid_argument("score_tokens: " + std::to_string(token_ids.size()) +
-                                " token ids but " + std::to_string(num_top.size()) +
+    throw std::invalid_argument(name + ": " + std::to_string(token_ids.size()) + " token ids but " +
+                                std::to_string(num_top.size()) +
                                 " num_top entries; give one per row");
   }
   for (size_t r = 0; r < token_ids.size(); ++r) {
     if (token_ids[r] < 0 || token_ids[r] >= vocab_size) {
-      throw std::invalid_argument("score_tokens: row " + std::to_string(r) + " token id " +
+      throw std::invalid_argument(name + ": row " + std::to_string(r) + " token id " +
                                   std::to_string(token_ids[r]) + " is outside the vocabulary [0, " +
                                   std::to_string(vocab_size) + ")");
     }
-    if (num_top[r] < 0) {
-      throw std::invalid_argument("score_tokens: row " + std::to_string(r) + " num_top " +
-                                  std::to_string(num_top[r]) + " must be non-negative");
+    if (num_top[r] < 0 || num_top[r] > SamplingParams::kMaxLogprobs) {
+      throw std::invalid_argument(name + ": row " + std::to_string(r) + " asks for " +
+                                  std::to_string(num_top[r]) + " top logprobs; allowed is [0, " +
+                                  std::to_string(SamplingParams::kMaxLogprobs) + "]");
     }
   }
+}
+
+std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
+                                        std::span<const int> token_ids,
+                                        std::span<const int> num_top) {
+  check_score_rows("score_tokens", vocab_size, token_ids, num_top);
   std::vector<TokenLogprobs> scored(token_ids.size());
   const std::ptrdiff_t num_rows = static_cast<std::ptrdiff_t>(token_ids.size());
 #pragma omp parallel for schedule(static) if (num_rows > 1)

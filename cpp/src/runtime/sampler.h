@@ -48,10 +48,15 @@ class Sampler {
                                    const std::vector<SamplingRow>& rows) const;
 };
 
+// Throws std::invalid_argument, naming `caller`, unless vocab_size is positive, there is one
+// num_top per token id, every id is in [0, vocab_size) and every num_top in
+// [0, SamplingParams::kMaxLogprobs]: the rows that score_tokens and the device samplers accept.
+void check_score_rows(const char* caller, int vocab_size, std::span<const int> token_ids,
+                      std::span<const int> num_top);
+
 // Row r of logits ([token_ids.size(), vocab_size] row-major fp32, raw: no penalty, no
-// temperature) scored for token_ids[r]: its logprob and rank, and the top num_top[r]. Throws
-// std::invalid_argument for an id outside the vocabulary, a negative num_top or spans of
-// different sizes.
+// temperature) scored for token_ids[r]: its logprob and rank, and the top num_top[r]. Rows are
+// checked with check_score_rows.
 std::vector<TokenLogprobs> score_tokens(const float* logits, int vocab_size,
                                         std::span<const int> token_ids,
                                         std::span<const int> num_top);
