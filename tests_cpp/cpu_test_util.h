@@ -68,6 +68,9 @@ inline HostTensor to_dtype(const HostTensor& src, DType dtype, std::vector<float
     } else if (dtype == DType::kBF16) {
       dst.ptr<uint16_t>()[i] = float_to_bf16(s[i]);
       (*rounded)[i] = bf16_to_float(dst.ptr<uint16_t>()[i]);
+    } else if (dtype == DType::kFP8E4M3) {
+      dst.ptr<uint8_t>()[i] = float_to_fp8_e4m3(s[i]);
+      (*rounded)[i] = fp8_e4m3_to_float(dst.ptr<uint8_t>()[i]);
     } else {
       dst.ptr<uint16_t>()[i] = float_to_fp16(s[i]);
       (*rounded)[i] = fp16_to_float(dst.ptr<uint16_t>()[i]);

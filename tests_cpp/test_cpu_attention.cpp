@@ -153,6 +153,65 @@ TEST(CpuAttention, SlidingWindow) {
       run_case({hq, hk, 64, 16, kMixedBatch, window}, rng);
 }
 
+// An fp8 cache holding K / k_scale and V / v_scale: attention must equal the fp32 reference over
+// exactly the values the fp8 codes stand for, times the scales. Unowned slots hold NaN codes.
+TEST(CpuAttention, Fp8CacheReadsStoredValuesTimesScales) {
+  std::mt19937 rng(47);
+  const KVCacheScales scales{0.75f, 1.5f};
+  for (auto [hq, hk, block_size] : {std::tuple<int64_t, int64_t, int64_t>{8, 2, 16}, {9, 3, 5}}) {
+    const AttentionCase c{hq, hk, 64, block_size, kMixedBatch, {}};
+    Batch batch = make_batch(c, rng);
+    for (auto [cache, scale] :
+         {std::pair{&batch.k_cache, scales.k}, std::pair{&batch.v_cache, scales.v}}) {
+      for (int64_t i = 0; i < cache->numel(); ++i) cache->ptr<float>()[i] /= scale;
+    }
+    std::vector<float> k_stored, v_stored;
+    HostTensor k8 = to_dtype(batch.k_cache, DType::kFP8E4M3, &k_stored);
+    HostTensor v8 = to_dtype(batch.v_cache, DType::kFP8E4M3, &v_stored);
+    Batch widened = std::move(batch);  // the reference reads exactly what the fp8 codes hold
+    for (int64_t i = 0; i < widened.k_cache.numel(); ++i) {
+      widened.k_cache.ptr<float>()[i] = k_stored[i] * scales.k;
+      widened.v_cache.ptr<float>()[i] = v_stored[i] * scales.v;
+    }
+    HostTensor out = poisoned_f32(widened.q.tensor.shape);
+    const float scale = 0.125f;
+    cpu::paged_attention(out.tensor, widened.q.tensor, k8.tensor, v8.tensor,
+                         widened.query_start.tensor, widened.seq_lens.tensor,
+                         widened.block_table.tensor, scale, std::nullopt, scales);
+    // Products with the scales add one fp32 rounding each to the reference's inputs.
+    EXPECT_LE(
+        worst_error_ratio(out.ptr<float>(), reference_attention(c, widened, scale), 2e-4, 2e-4),
+        1.0)
+        << "Hq=" << hq << " Hk=" << hk << " block_size=" << block_size;
+  }
+}
+
+TEST(CpuAttention, RejectsCachesItCannotRead) {
+  std::mt19937 rng(48);
+  AttentionCase c{4, 2, 16, 4, {{5, 2}}, {}};
+  Batch batch = make_batch(c, rng);
+  HostTensor out = poisoned_f32(batch.q.tensor.shape);
+  std::vector<float> rounded;
+  HostTensor k8 = to_dtype(batch.k_cache, DType::kFP8E4M3, &rounded);
+  HostTensor k16 = to_dtype(batch.k_cache, DType::kBF16, &rounded);
+  auto message = [&](const Tensor& k, const Tensor& v, KVCacheScales scales) {
+    try {
+      cpu::paged_attention(out.tensor, batch.q.tensor, k, v, batch.query_start.tensor,
+                           batch.seq_lens.tensor, batch.block_table.tensor, 0.25f, std::nullopt,
+                           scales);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message(k16.tensor, k16.tensor, {}),
+            "paged_attention: k_cache has dtype bfloat16 but must be float32 or float8_e4m3fn");
+  EXPECT_EQ(message(k8.tensor, batch.v_cache.tensor, {}),
+            "paged_attention: v_cache has dtype float32 but must be float8_e4m3fn");
+  EXPECT_EQ(message(k8.tensor, k8.tensor, {0.0f, 1.0f}),
+            "paged_attention: scales.k is 0.000000 but must be positive and finite");
+}
+
 TEST(CpuAttention, RejectsInconsistentMetadata) {
   std::mt19937 rng(45);
   AttentionCase c{4, 2, 16, 4, {{5, 2}}, {}};

@@ -68,7 +68,7 @@ TEST(CpuBackend, DecodeStepThroughMetadata) {
   meta.block_table = table.tensor;
   meta.slot_mapping = slots.tensor;
   meta.positions = positions.tensor;
-  KVCacheLayer cache{k_cache.tensor, v_cache.tensor};
+  KVCacheLayer cache{k_cache.tensor, v_cache.tensor, {}};
   backend->rope_and_cache(q.tensor, qkv.tensor, nullptr, cos_sin.tensor, meta, cache);
   HostTensor out = poisoned_f32({1, hq, dim});
   const float scale = 0.35f;

@@ -145,6 +145,42 @@ TEST(CpuRopeCache, MatchesReferenceAndWritesOnlyMappedSlots) {
   }
 }
 
+// An fp8 cache gets, bit for bit, the fp32 cache's values times 1 / scale rounded to e4m3 (the
+// fp32 path is checked against the reference above); unmapped slots keep their NaN codes.
+TEST(CpuRopeCache, Fp8CacheStoresScaledRoundedValues) {
+  std::mt19937 rng(33);
+  const KVCacheScales scales{0.5f, 3.0f};
+  for (bool qk_norm : {false, true}) {
+    const RopeCase c{33, 8, 2, 64, 16, 12, qk_norm};
+    RopeInputs in = make_inputs(c, rng);
+    HostTensor pos_t = i32_tensor(in.positions), slot_t = i32_tensor(in.slots);
+    const QKNorm norm{in.q_norm.tensor, in.k_norm.tensor, kEps};
+    const std::vector<int64_t> cache_shape{c.num_blocks, c.block_size, c.num_kv_heads, c.head_dim};
+    HostTensor q32 = poisoned_f32({c.num_t, c.num_q_heads, c.head_dim});
+    HostTensor q8 = poisoned_f32({c.num_t, c.num_q_heads, c.head_dim});
+    HostTensor k32 = poisoned_f32(cache_shape), v32 = poisoned_f32(cache_shape);
+    HostTensor k8(DType::kFP8E4M3, cache_shape), v8(DType::kFP8E4M3, cache_shape);
+    std::fill_n(k8.ptr<uint8_t>(), k8.numel(), uint8_t{0x7F});
+    std::fill_n(v8.ptr<uint8_t>(), v8.numel(), uint8_t{0x7F});
+    cpu::rope_and_cache(q32.tensor, in.qkv.tensor, qk_norm ? &norm : nullptr, in.cos_sin.tensor,
+                        pos_t.tensor, slot_t.tensor, k32.tensor, v32.tensor);
+    cpu::rope_and_cache(q8.tensor, in.qkv.tensor, qk_norm ? &norm : nullptr, in.cos_sin.tensor,
+                        pos_t.tensor, slot_t.tensor, k8.tensor, v8.tensor, scales);
+    for (int64_t i = 0; i < q32.numel(); ++i) ASSERT_EQ(q8.ptr<float>()[i], q32.ptr<float>()[i]);
+    int64_t nonzero = 0;
+    for (int64_t i = 0; i < k32.numel(); ++i) {
+      const float k = k32.ptr<float>()[i], v = v32.ptr<float>()[i];
+      // Unmapped slots: fp32 NaN there, and the fp8 NaN code kept.
+      const uint8_t want_k = std::isnan(k) ? 0x7F : float_to_fp8_e4m3(k * (1.0f / scales.k));
+      const uint8_t want_v = std::isnan(v) ? 0x7F : float_to_fp8_e4m3(v * (1.0f / scales.v));
+      ASSERT_EQ(k8.ptr<uint8_t>()[i], want_k) << "k element " << i;
+      ASSERT_EQ(v8.ptr<uint8_t>()[i], want_v) << "v element " << i;
+      nonzero += !std::isnan(k) && k8.ptr<uint8_t>()[i] != 0;
+    }
+    EXPECT_GT(nonzero, 0);
+  }
+}
+
 TEST(CpuRopeCache, RejectsBadPositionsSlotsAndShapes) {
   std::mt19937 rng(32);
   // Hq 2, Hk 1, D 4: qkv rows of (2 + 2) * 4 = 16.

@@ -20,6 +20,8 @@ TEST(CpuTensor, DtypeSizesAndNames) {
   EXPECT_EQ(dtype_size(DType::kF16), 2u);
   EXPECT_EQ(dtype_size(DType::kI32), 4u);
   EXPECT_EQ(dtype_size(DType::kI64), 8u);
+  EXPECT_EQ(dtype_size(DType::kFP8E4M3), 1u);
+  EXPECT_STREQ(dtype_name(DType::kFP8E4M3), "float8_e4m3fn");
   EXPECT_STREQ(dtype_name(DType::kBF16), "bfloat16");
   EXPECT_STREQ(dtype_name(DType::kF16), "float16");
   EXPECT_STREQ(dtype_name(DType::kI64), "int64");
@@ -158,6 +160,54 @@ TEST(CpuTensor, Fp16EdgeCases) {
   EXPECT_EQ(float_to_fp16(-0.0f), 0x8000);
   EXPECT_EQ(float_to_fp16(-std::numeric_limits<float>::infinity()), 0xFC00);
   EXPECT_TRUE(std::isnan(fp16_to_float(float_to_fp16(std::bit_cast<float>(0x7F800001u)))));
+}
+
+// Codes from the OCP 8-bit floating point specification (E4M3: bias 7, no infinities).
+TEST(CpuTensor, Fp8E4m3DecodesTheSpecsCodes) {
+  EXPECT_EQ(fp8_e4m3_to_float(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(fp8_e4m3_to_float(0x80)));
+  EXPECT_EQ(fp8_e4m3_to_float(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(fp8_e4m3_to_float(0x07), 7 * std::ldexp(1.0f, -9));
+  EXPECT_EQ(fp8_e4m3_to_float(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(fp8_e4m3_to_float(0x38), 1.0f);
+  EXPECT_EQ(fp8_e4m3_to_float(0x3F), 1.875f);
+  EXPECT_EQ(fp8_e4m3_to_float(0x40), 2.0f);
+  EXPECT_EQ(fp8_e4m3_to_float(0x7E), 448.0f);
+  EXPECT_EQ(fp8_e4m3_to_float(0xFE), -448.0f);
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(0x7F)));
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(0xFF)));
+  for (int c = 1; c <= 0x7E; ++c) {
+    EXPECT_LT(fp8_e4m3_to_float(static_cast<uint8_t>(c - 1)),
+              fp8_e4m3_to_float(static_cast<uint8_t>(c)))
+        << c;
+    EXPECT_EQ(fp8_e4m3_to_float(static_cast<uint8_t>(c | 0x80)),
+              -fp8_e4m3_to_float(static_cast<uint8_t>(c)));
+  }
+}
+
+TEST(CpuTensor, Fp8E4m3RoundsToNearestEvenAndSaturates) {
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7F) == 0x7F) continue;  // NaN
+    EXPECT_EQ(float_to_fp8_e4m3(fp8_e4m3_to_float(static_cast<uint8_t>(c))), c) << c;
+  }
+  for (int c = 0; c < 0x7E; ++c) {
+    const float lo = fp8_e4m3_to_float(static_cast<uint8_t>(c));
+    const float hi = fp8_e4m3_to_float(static_cast<uint8_t>(c + 1));
+    const float mid = (lo + hi) / 2;  // exact: both have few significant bits
+    const int even = c % 2 == 0 ? c : c + 1;
+    EXPECT_EQ(float_to_fp8_e4m3(mid), even) << "tie between codes " << c << " and " << c + 1;
+    EXPECT_EQ(float_to_fp8_e4m3(std::nextafter(mid, 0.0f)), c);
+    EXPECT_EQ(float_to_fp8_e4m3(std::nextafter(mid, 1e9f)), c + 1);
+    EXPECT_EQ(float_to_fp8_e4m3(-mid), even | 0x80);
+  }
+  EXPECT_EQ(float_to_fp8_e4m3(std::ldexp(1.0f, -11)), 0x00);  // below half the smallest subnormal
+  EXPECT_EQ(float_to_fp8_e4m3(-0.0f), 0x80);
+  for (float big : {449.0f, 464.0f, 480.0f, 1e6f, std::numeric_limits<float>::max(),
+                    std::numeric_limits<float>::infinity()}) {
+    EXPECT_EQ(float_to_fp8_e4m3(big), 0x7E) << big;
+    EXPECT_EQ(float_to_fp8_e4m3(-big), 0xFE) << big;
+  }
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(float_to_fp8_e4m3(std::nanf("")))));
 }
 
 }  // namespace

@@ -167,6 +167,32 @@ TEST(Engine, RejectsGpuMemoryUtilizationOutsideZeroToOne) {
   }
 }
 
+// kv_cache_dtype "fp8" stores one byte per value: from the same memory budget the CPU's fp32
+// cache (4 bytes) gets four times the blocks. Unknown names are refused with the allowed ones.
+TEST(Engine, Fp8KvCacheHoldsFourTimesTheFp32Blocks) {
+  EngineConfig config = tiny_config();
+  config.num_kv_blocks.reset();
+  config.max_num_seqs = 1024;  // so the cap (every sequence at full length) does not bind
+  config.kv_cache_memory_bytes = int64_t{1} << 20;
+  Engine fp32(config);
+  config.kv_cache_dtype = "fp8";
+  Engine fp8(config);
+  EXPECT_EQ(fp32.model_info().kv_cache_dtype, "float32");
+  EXPECT_EQ(fp8.model_info().kv_cache_dtype, "float8_e4m3fn");
+  EXPECT_EQ(fp8.model_info().num_kv_blocks, 4 * fp32.model_info().num_kv_blocks);
+  const auto outputs = fp8.generate({prompt_of(40), prompt_of(3)}, {greedy(10)});
+  ASSERT_EQ(outputs.size(), 2u);
+  for (const RequestOutput& output : outputs) EXPECT_EQ(output.outputs[0].token_ids.size(), 10u);
+  config.kv_cache_dtype = "fp8_e5m2";
+  try {
+    Engine engine(config);
+    ADD_FAILURE() << "no error for fp8_e5m2";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_EQ(std::string(error.what()),
+              "kv_cache_dtype must be one of auto, fp8, fp8_e4m3, got 'fp8_e5m2'");
+  }
+}
+
 // The CUDA engine, or nullopt (the test skips) in a build or on a machine without one.
 std::optional<Engine> cuda_engine(EngineConfig config) {
   config.device = "cuda";

@@ -68,6 +68,7 @@ void bind_params(py::module_& m) {
       .def_readwrite("seed", &EngineConfig::seed)
       .def_readwrite("num_kv_blocks", &EngineConfig::num_kv_blocks)
       .def_readwrite("kv_cache_memory_bytes", &EngineConfig::kv_cache_memory_bytes)
+      .def_readwrite("kv_cache_dtype", &EngineConfig::kv_cache_dtype)
       .def_readwrite("num_threads", &EngineConfig::num_threads)
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
@@ -102,7 +103,8 @@ void bind_outputs(py::module_& m) {
       .def_readonly("device", &ModelInfo::device)
       .def_readonly("num_kv_blocks", &ModelInfo::num_kv_blocks)
       .def_readonly("block_size", &ModelInfo::block_size)
-      .def_readonly("cuda_graph_batch_sizes", &ModelInfo::cuda_graph_batch_sizes);
+      .def_readonly("cuda_graph_batch_sizes", &ModelInfo::cuda_graph_batch_sizes)
+      .def_readonly("kv_cache_dtype", &ModelInfo::kv_cache_dtype);
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
       .def_readonly("num_waiting", &EngineStats::num_waiting)

@@ -84,7 +84,18 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument("--device", default="auto")
     group.add_argument("--load-format", default="auto", help="auto (safetensors) or dummy")
+    add_kv_cache_dtype_flag(group)
     add_async_scheduling_flag(group)
+
+
+def add_kv_cache_dtype_flag(group) -> None:
+    group.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "fp8", "fp8_e4m3"],
+        help="the KV cache's element type: auto (the compute dtype) or fp8 (e4m3, half the "
+        "bytes of bf16; K/V scales of 1)",
+    )
 
 
 def add_async_scheduling_flag(group) -> None:
@@ -126,6 +137,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "enable_prefix_caching": not args.no_prefix_caching,
         "device": args.device,
         "load_format": args.load_format,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "async_scheduling": args.async_scheduling,
     }
 

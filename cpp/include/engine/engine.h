@@ -28,6 +28,7 @@ struct ModelInfo {
   int64_t num_kv_blocks = 0;
   int block_size = 0;
   std::vector<int> cuda_graph_batch_sizes;  // decode batch sizes with a captured graph
+  std::string kv_cache_dtype;  // the cache's element type: "bfloat16", "float8_e4m3fn", ...
 };
 
 struct EngineStats {

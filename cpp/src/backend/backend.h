@@ -28,10 +28,19 @@ struct AttentionMetadata {
   Tensor positions;            // [T] i32, position of each new token within its sequence
 };
 
-// One layer's paged KV cache.
+// Per-tensor scales of a KV cache: the cache stores k / k and v / v in its dtype, and attention
+// reads back stored * scale. 1 unless calibrated; they matter to a compact (fp8) cache, whose
+// range (+-448) they stretch, and apply to any cache dtype.
+struct KVCacheScales {
+  float k = 1.0f;
+  float v = 1.0f;
+};
+
+// One layer's paged KV cache: the compute dtype, or fp8 e4m3 (kv_cache_dtype "fp8").
 struct KVCacheLayer {
   Tensor k;  // [num_blocks, block_size, num_kv_heads, head_dim]
   Tensor v;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  KVCacheScales scales;
 };
 
 // Per-head RMSNorm of q and k before RoPE (Qwen3's self_attn.q_norm / k_norm): each head's D
@@ -105,7 +114,8 @@ class Backend {
   // heads, each of D elements); RMS-normalises every q and k head over D by qk_norm when given
   // (Qwen3); rotates q and k (neox style: pairs (i, i + D/2)) by the angles of their positions;
   // writes rotated q into q_out, and rotated k and raw v into the paged cache at slot_mapping
-  // (a negative slot: padding, not cached). cos_sin holds cos in [:, :D/2], sin in [:, D/2:].
+  // (a negative slot: padding, not cached), divided by cache.scales and rounded to the cache's
+  // dtype (saturating to +-448 in fp8). cos_sin holds cos in [:, :D/2], sin in [:, D/2:].
   // T = q_out.size(0), Hk = cache.k.size(2). q_out must not overlap qkv.
   virtual void rope_and_cache(Tensor q_out /*[T, Hq, D]*/, Tensor qkv /*[T, (Hq + 2 Hk) * D]*/,
                               const QKNorm* qk_norm /*null unless the model norms q/k heads*/,
@@ -113,7 +123,7 @@ class Backend {
                               KVCacheLayer cache) = 0;
   // Causal attention of each new token over its sequence's cached context (itself included),
   // GQA by head index (q head h reads kv head h / (Hq / Hk)); sliding window if given (keys at
-  // positions > pos - window).
+  // positions > pos - window). Cached K and V count as stored value * cache.scales.
   virtual void attention(Tensor out /*[T, Hq, D]*/, Tensor q /*[T, Hq, D]*/, KVCacheLayer cache,
                          const AttentionMetadata& meta, float scale,
                          std::optional<int> sliding_window) = 0;

@@ -1,7 +1,9 @@
 #include "backend/tensor.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 namespace engine {
@@ -18,6 +20,8 @@ size_t dtype_size(DType dtype) {
       return 4;
     case DType::kI64:
       return 8;
+    case DType::kFP8E4M3:
+      return 1;
   }
   throw std::invalid_argument("dtype_size: unknown DType value " +
                               std::to_string(static_cast<int>(dtype)));
@@ -35,6 +39,8 @@ const char* dtype_name(DType dtype) {
       return "int32";
     case DType::kI64:
       return "int64";
+    case DType::kFP8E4M3:
+      return "float8_e4m3fn";
   }
   return "unknown";
 }
@@ -165,6 +171,35 @@ uint16_t float_to_fp16(float f) {
   uint32_t remainder = abs_bits & 0x1FFFu;
   if (remainder > 0x1000u || (remainder == 0x1000u && (result & 1u))) ++result;
   return static_cast<uint16_t>(sign | result);
+}
+
+float fp8_e4m3_to_float(uint8_t v) {
+  const float sign = (v & 0x80u) ? -1.0f : 1.0f;
+  const int exponent = (v >> 3) & 0xF, mantissa = v & 0x7;
+  if (exponent == 0xF && mantissa == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -9);  // subnormal
+  return sign * std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);      // 1.m x 2^(e-7)
+}
+
+uint8_t float_to_fp8_e4m3(float f) {
+  constexpr uint8_t kMaxFinite = 0x7E;  // 448
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+  const uint32_t abs_bits = bits & 0x7FFFFFFFu;
+  if (abs_bits > 0x7F800000u) return sign | 0x7Fu;        // NaN
+  if (abs_bits >= 0x43E00000u) return sign | kMaxFinite;  // >= 448, inf included: saturate
+  if (abs_bits < 0x3C800000u) {
+    // Below the smallest normal (2^-6): a multiple of 2^-9, rounded to nearest even. Scaling by
+    // 2^9 is exact; 8 units carry into the smallest normal, whose code is also 8.
+    const float units = std::nearbyint(std::bit_cast<float>(abs_bits) * 512.0f);
+    return sign | static_cast<uint8_t>(units);
+  }
+  // Rebias the exponent (127 -> 7), keep 3 of the 23 mantissa bits, round the other 20 to
+  // nearest even; a carry out of the mantissa correctly bumps the exponent.
+  uint32_t result = ((abs_bits >> 23) - 120u) << 3 | ((abs_bits >> 20) & 0x7u);
+  const uint32_t remainder = abs_bits & 0xFFFFFu;
+  if (remainder > 0x80000u || (remainder == 0x80000u && (result & 1u))) ++result;
+  return sign | static_cast<uint8_t>(std::min<uint32_t>(result, kMaxFinite));
 }
 
 }  // namespace engine

@@ -11,11 +11,14 @@
 
 namespace engine {
 
-enum class DType { kF32, kF16, kBF16, kI32, kI64 };
+// kFP8E4M3: OCP float8 e4m3 ("fn": no infinities, NaN = 0x7F/0xFF, max 448), the KV cache's
+// compact storage type.
+enum class DType { kF32, kF16, kBF16, kI32, kI64, kFP8E4M3 };
 enum class DeviceType { kCpu, kCuda };
 
 size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "float32", "float16", "bfloat16", "int32", "int64"
+const char* dtype_name(DType dtype);  // "float32", "float16", "bfloat16", "int32", "int64",
+                                      // "float8_e4m3fn"
 
 struct Tensor {
   void* data = nullptr;
@@ -70,5 +73,9 @@ float bf16_to_float(uint16_t v);
 uint16_t float_to_bf16(float f);
 float fp16_to_float(uint16_t v);
 uint16_t float_to_fp16(float f);
+// fp8 e4m3 <-> fp32 on the host. float_to_fp8_e4m3 rounds to nearest even and saturates: any
+// finite or infinite magnitude past 448 becomes +-448 (CUDA's __NV_SATFINITE); NaN stays NaN.
+float fp8_e4m3_to_float(uint8_t v);
+uint8_t float_to_fp8_e4m3(float f);
 
 }  // namespace engine

@@ -87,6 +87,9 @@ void EngineConfig::validate() const {
   if (device != "auto" && device != "cpu" && device.rfind("cuda", 0) != 0) {
     fail("device", "'" + device + "'", "auto, cpu or cuda[:N]");
   }
+  if (kv_cache_dtype != "auto" && kv_cache_dtype != "fp8" && kv_cache_dtype != "fp8_e4m3") {
+    fail("kv_cache_dtype", "'" + kv_cache_dtype + "'", "one of auto, fp8, fp8_e4m3");
+  }
   if (max_model_len && *max_model_len < 1) fail("max_model_len", *max_model_len, "at least 1");
   if (block_size < 1 || block_size > 1024) fail("block_size", block_size, "in [1, 1024]");
   if (max_num_seqs < 1) fail("max_num_seqs", max_num_seqs, "at least 1");

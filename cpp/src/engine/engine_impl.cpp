@@ -163,15 +163,18 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
                    config_.seed};
   model_ = load_model(model_config, load, *backend_);
 
+  const DType kv_cache_dtype =
+      config_.kv_cache_dtype == "auto" ? backend_->compute_dtype() : DType::kFP8E4M3;
   RunnerConfig runner_config{config_.block_size,         config_.max_num_batched_tokens,
                              config_.max_num_seqs,       max_model_len,
-                             model_config.eos_token_ids, !config_.enforce_eager};
+                             model_config.eos_token_ids, !config_.enforce_eager,
+                             kv_cache_dtype};
   runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
   // NOTE: on a GPU a forward at the full token budget runs before the KV cache is sized, so the
   // cache gets only what that step leaves (vLLM's profiling run); the CPU's is sized by config.
   if (backend_->memory_info()) runner_->profile_run();
   const int64_t bytes_per_block =
-      kv_cache_bytes_per_block(model_config, config_.block_size, backend_->compute_dtype());
+      kv_cache_bytes_per_block(model_config, config_.block_size, kv_cache_dtype);
   const int64_t num_blocks =
       resolve_num_kv_blocks(config_, max_model_len, bytes_per_block, backend_->memory_info());
   runner_->allocate_kv_cache(num_blocks);
@@ -193,7 +196,8 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
                     backend_->name(),
                     num_blocks,
                     config_.block_size,
-                    runner_->decode_graph_batch_sizes()};
+                    runner_->decode_graph_batch_sizes(),
+                    dtype_name(kv_cache_dtype)};
 }
 
 void Engine::Impl::validate_request(const std::vector<int>& prompt,

@@ -59,7 +59,7 @@ int ModelRunner::max_block_table_width() const {
 
 void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
   const ModelConfig& mc = model_.config();
-  const DType dtype = backend_.compute_dtype();
+  const DType dtype = config_.kv_cache_dtype.value_or(backend_.compute_dtype());
   const std::vector<int64_t> layer_shape{num_blocks, config_.block_size, mc.num_key_value_heads,
                                          mc.head_dim};
   const size_t layer_bytes = Tensor(nullptr, dtype, layer_shape).nbytes();
@@ -69,7 +69,7 @@ void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
     void* k = kv_buffers_.emplace_back(backend_.allocate(layer_bytes)).data();
     void* v = kv_buffers_.emplace_back(backend_.allocate(layer_bytes)).data();
     kv_cache_.push_back({Tensor(k, dtype, layer_shape, backend_.device_type()),
-                         Tensor(v, dtype, layer_shape, backend_.device_type())});
+                         Tensor(v, dtype, layer_shape, backend_.device_type()), KVCacheScales{}});
   }
 }
 
@@ -119,13 +119,14 @@ void ModelRunner::profile_run() {
   for (int s = 0; s < plan.shape.num_logits; ++s) host.logits_indices[s] = s;
 
   const ModelConfig& mc = model_.config();
-  const DType dtype = backend_.compute_dtype();
+  const DType dtype = config_.kv_cache_dtype.value_or(backend_.compute_dtype());
   const std::vector<int64_t> shape{1, config_.block_size, mc.num_key_value_heads, mc.head_dim};
   Buffer k = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());
   Buffer v = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());
   const std::vector<KVCacheLayer> scratch_cache(
-      mc.num_hidden_layers, KVCacheLayer{Tensor(k.data(), dtype, shape, backend_.device_type()),
-                                         Tensor(v.data(), dtype, shape, backend_.device_type())});
+      mc.num_hidden_layers,
+      KVCacheLayer{Tensor(k.data(), dtype, shape, backend_.device_type()),
+                   Tensor(v.data(), dtype, shape, backend_.device_type()), KVCacheScales{}});
   run_forward(plan, inputs_.upload(), scratch_cache, logits_buffer_.data());
   backend_.synchronize();
 }

@@ -30,9 +30,11 @@ struct RunnerConfig {
   int max_model_len = 2048;
   std::vector<int> eos_token_ids;  // masked until min_tokens unless ignore_eos
   bool use_cuda_graphs = true;     // where the backend supports graphs
+  // The KV cache's element type: the backend's compute dtype when unset, or kFP8E4M3.
+  std::optional<DType> kv_cache_dtype;
 };
 
-// Bytes of KV cache one block takes across all layers (K and V, in the compute dtype).
+// Bytes of KV cache one block takes across all layers (K and V, in the cache's dtype).
 int64_t kv_cache_bytes_per_block(const ModelConfig& config, int block_size, DType dtype);
 
 class ModelRunner {

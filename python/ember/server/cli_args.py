@@ -70,8 +70,10 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--load-format", default="auto", help="auto (safetensors) or dummy")
     engine.add_argument("--seed", type=int, default=0, help="the engine's default seed")
     engine.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: all)")
-    from ember.cli import add_async_scheduling_flag  # here: ember.cli imports this module
+    # Imported here: ember.cli imports this module.
+    from ember.cli import add_async_scheduling_flag, add_kv_cache_dtype_flag
 
+    add_kv_cache_dtype_flag(engine)
     add_async_scheduling_flag(engine)
 
 
@@ -97,6 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "enforce_eager": args.enforce_eager,
         "enable_prefix_caching": not args.no_prefix_caching,
         "load_format": args.load_format,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "seed": args.seed,
         "num_threads": args.num_threads,
         "async_scheduling": args.async_scheduling,

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -20,17 +21,48 @@ namespace {
 constexpr int64_t kRowsPerItem = 64;
 
 struct AttentionProblem {
-  float* out;                  // [T, Hq, D]
-  const float* q;              // [T, Hq, D]
-  const float* k_cache;        // [num_blocks, block_size, Hk, D]
-  const float* v_cache;        // [num_blocks, block_size, Hk, D]
+  float* out;           // [T, Hq, D]
+  const float* q;       // [T, Hq, D]
+  const void* k_cache;  // [num_blocks, block_size, Hk, D] f32 or fp8 e4m3
+  const void* v_cache;  // [num_blocks, block_size, Hk, D] as k_cache
+  bool fp8_cache;
   const int32_t* query_start;  // [B + 1]
   const int32_t* seq_lens;     // [B]
   const int32_t* block_table;  // [B, max_blocks]
   int64_t max_blocks, block_size, num_q_heads, num_kv_heads, head_dim;
-  float scale;
+  float scale;        // softmax scale times the cache's k scale
+  float value_scale;  // the cache's v scale
   std::optional<int> window;
 };
+
+// fp32 value of every fp8 e4m3 code.
+const std::array<float, 256>& fp8_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[c] = fp8_e4m3_to_float(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+
+// Keys [first, last) of one cache block as fp32 rows of stride D: straight from an fp32 cache,
+// widened into `scratch` ([block_size, D]) from an fp8 one. base: element offset of the block's
+// first row for the item's kv head.
+const float* block_rows(const AttentionProblem& p, const void* cache, int64_t base, int64_t first,
+                        int64_t last, float* scratch, int64_t& stride) {
+  const int64_t row_stride = p.num_kv_heads * p.head_dim;
+  if (!p.fp8_cache) {
+    stride = row_stride;
+    return static_cast<const float*>(cache) + base + first * row_stride;
+  }
+  const std::array<float, 256>& table = fp8_table();
+  stride = p.head_dim;
+  for (int64_t j = first; j < last; ++j) {
+    const uint8_t* src = static_cast<const uint8_t*>(cache) + base + j * row_stride;
+    for (int64_t d = 0; d < p.head_dim; ++d) scratch[(j - first) * p.head_dim + d] = table[src[d]];
+  }
+  return scratch;
+}
 
 // Query heads [head_begin, head_end) of kv head kv_head's group, for the sequence's new
 // tokens [query_begin, query_end) (counted from its first new token).
@@ -93,12 +125,15 @@ void run_item(const AttentionProblem& p, const WorkItem& w) {
   const int64_t num_queries = w.query_end - w.query_begin;
   const int64_t num_rows = num_queries * (w.head_end - w.head_begin);
 
-  float* scratch = thread_scratch(static_cast<size_t>(num_rows * (2 * dim + 2) + bs));
+  const int64_t widened = p.fp8_cache ? 2 * bs * dim : 0;
+  float* scratch = thread_scratch(static_cast<size_t>(num_rows * (2 * dim + 2) + bs + widened));
   float* q_rows = scratch;                   // [rows, D]
   float* acc = q_rows + num_rows * dim;      // [rows, D]
   float* max_scores = acc + num_rows * dim;  // [rows]
   float* sums = max_scores + num_rows;       // [rows]
   float* scores = sums + num_rows;           // [block_size]
+  float* k_widened = scores + bs;            // [block_size, D], fp8 caches only
+  float* v_widened = k_widened + bs * dim;   // [block_size, D], fp8 caches only
   auto token_of = [&](int64_t r) { return first_token + w.query_begin + r % num_queries; };
   auto head_of = [&](int64_t r) { return w.kv_head * group + w.head_begin + r / num_queries; };
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -113,19 +148,26 @@ void run_item(const AttentionProblem& p, const WorkItem& w) {
   auto first_key = [&](int64_t r) {
     return p.window ? std::max<int64_t>(0, last_key(r) - *p.window + 1) : int64_t{0};
   };
-  const int64_t stride = p.num_kv_heads * dim;
   const int64_t key_begin = first_key(0), key_end = last_key(num_queries - 1) + 1;
   for (int64_t blk = key_begin / bs; blk * bs < key_end; ++blk) {
     const int64_t block = p.block_table[w.seq * p.max_blocks + blk];
     const int64_t base = (block * bs * p.num_kv_heads + w.kv_head) * dim;
+    // The block's keys some row sees, [block_first, block_last) within the block.
+    const int64_t block_first = std::max(blk * bs, key_begin) - blk * bs;
+    const int64_t block_last = std::min((blk + 1) * bs, key_end) - blk * bs;
+    int64_t stride = 0;
+    const float* k_rows =
+        block_rows(p, p.k_cache, base, block_first, block_last, k_widened, stride);
+    const float* v_rows =
+        block_rows(p, p.v_cache, base, block_first, block_last, v_widened, stride);
     for (int64_t r = 0; r < num_rows; ++r) {
       const int64_t lo = std::max(blk * bs, first_key(r));
       const int64_t hi = std::min((blk + 1) * bs, last_key(r) + 1);
       if (lo >= hi) continue;
       RowState row{acc + r * dim, max_scores[r], sums[r]};
-      const int64_t offset = base + (lo - blk * bs) * stride;
-      fold_keys_any(row, q_rows + r * dim, p.k_cache + offset, p.v_cache + offset, stride, hi - lo,
-                    dim, scores);
+      const int64_t offset = (lo - blk * bs - block_first) * stride;
+      fold_keys_any(row, q_rows + r * dim, k_rows + offset, v_rows + offset, stride, hi - lo, dim,
+                    scores);
       max_scores[r] = row.max_score;
       sums[r] = row.sum_exp;
     }
@@ -133,7 +175,7 @@ void run_item(const AttentionProblem& p, const WorkItem& w) {
   for (int64_t r = 0; r < num_rows; ++r) {
     float* dst = p.out + (token_of(r) * p.num_q_heads + head_of(r)) * dim;
     // Every row sees at least its own key, so sums[r] > 0.
-    const float inv_sum = 1.0f / sums[r];
+    const float inv_sum = p.value_scale / sums[r];
     for (int64_t d = 0; d < dim; ++d) dst[d] = acc[r * dim + d] * inv_sum;
   }
 }
@@ -177,9 +219,7 @@ void check_tensors(const Tensor& out, const Tensor& q, const Tensor& k_cache, co
   check_rank(kn, "out", out, 3);
   check_rank(kn, "k_cache", k_cache, 4);
   check_rank(kn, "v_cache", v_cache, 4);
-  for (auto [name, t] :
-       {std::pair{"q", &q}, {"out", &out}, {"k_cache", &k_cache}, {"v_cache", &v_cache}})
-    check_dtype(kn, name, *t, DType::kF32);
+  for (auto [name, t] : {std::pair{"q", &q}, {"out", &out}}) check_dtype(kn, name, *t, DType::kF32);
   for (int d = 0; d < 3; ++d) check_size(kn, "out", out, d, q.size(d), "same as q");
   for (int d = 0; d < 4; ++d) check_size(kn, "v_cache", v_cache, d, k_cache.size(d), "as k_cache");
   check_size(kn, "k_cache", k_cache, 3, q.size(2), "head_dim D of q");
@@ -239,16 +279,18 @@ void check_sequences(const AttentionProblem& p, int64_t num_seqs, int64_t num_to
 
 void paged_attention(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor query_start_loc,
                      Tensor seq_lens, Tensor block_table, float scale,
-                     std::optional<int> sliding_window) {
+                     std::optional<int> sliding_window, KVCacheScales scales) {
   check_tensors(out, q, k_cache, v_cache, query_start_loc, seq_lens, block_table);
+  check_kv_cache("paged_attention", k_cache, v_cache, scales);
   if (sliding_window && *sliding_window <= 0) {
     throw std::invalid_argument("paged_attention: sliding_window is " +
                                 std::to_string(*sliding_window) + " but must be > 0");
   }
   AttentionProblem p{out.ptr<float>(),
                      q.ptr<float>(),
-                     k_cache.ptr<float>(),
-                     v_cache.ptr<float>(),
+                     k_cache.data,
+                     v_cache.data,
+                     k_cache.dtype == DType::kFP8E4M3,
                      query_start_loc.ptr<int32_t>(),
                      seq_lens.ptr<int32_t>(),
                      block_table.ptr<int32_t>(),
@@ -257,7 +299,8 @@ void paged_attention(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tenso
                      q.size(1),
                      k_cache.size(2),
                      q.size(2),
-                     scale,
+                     scale * scales.k,
+                     scales.v,
                      sliding_window};
   const int64_t num_seqs = seq_lens.size(0);
   check_sequences(p, num_seqs, q.size(0), k_cache.size(0));

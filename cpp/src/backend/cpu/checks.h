@@ -4,10 +4,12 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
-#include "backend/tensor.h"
+#include "backend/backend.h"
 
 namespace engine::cpu {
 
@@ -23,6 +25,24 @@ inline void check_float_dtype(const char* kernel, const char* arg, const Tensor&
   if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF16) {
     throw std::invalid_argument(std::string(kernel) + ": " + arg + " has dtype " +
                                 dtype_name(t.dtype) + " but must be float32, bfloat16 or float16");
+  }
+}
+
+// A CPU KV cache holds fp32 or fp8 e4m3; k and v share one dtype. Its scales are positive and
+// finite.
+inline void check_kv_cache(const char* kernel, const Tensor& k_cache, const Tensor& v_cache,
+                           const KVCacheScales& scales) {
+  if (k_cache.dtype != DType::kF32 && k_cache.dtype != DType::kFP8E4M3) {
+    throw std::invalid_argument(std::string(kernel) + ": k_cache has dtype " +
+                                dtype_name(k_cache.dtype) +
+                                " but must be float32 or float8_e4m3fn");
+  }
+  check_dtype(kernel, "v_cache", v_cache, k_cache.dtype);
+  for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
+    if (!(scale > 0.0f && scale < std::numeric_limits<float>::infinity())) {
+      throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
+                                  std::to_string(scale) + " but must be positive and finite");
+    }
   }
 }
 

@@ -63,7 +63,7 @@ void CpuBackend::rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm,
   // positions and slot_mapping may be sized for the runner's largest step: use the first T.
   const int64_t num_tokens = q_out.dim() > 0 ? q_out.size(0) : 0;
   cpu::rope_and_cache(q_out, qkv, qk_norm, cos_sin, meta.positions.slice_rows(0, num_tokens),
-                      meta.slot_mapping.slice_rows(0, num_tokens), cache.k, cache.v);
+                      meta.slot_mapping.slice_rows(0, num_tokens), cache.k, cache.v, cache.scales);
 }
 
 void CpuBackend::attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,
@@ -73,7 +73,8 @@ void CpuBackend::attention(Tensor out, Tensor q, KVCacheLayer cache, const Atten
   const int64_t num_seqs = meta.num_seqs;
   cpu::paged_attention(out, q, cache.k, cache.v, meta.query_start_loc.slice_rows(0, num_seqs + 1),
                        meta.seq_lens.slice_rows(0, num_seqs),
-                       meta.block_table.slice_rows(0, num_seqs), scale, sliding_window);
+                       meta.block_table.slice_rows(0, num_seqs), scale, sliding_window,
+                       cache.scales);
 }
 
 void CpuBackend::silu_and_mul(Tensor out, Tensor x) {

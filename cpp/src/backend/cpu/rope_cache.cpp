@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "backend/cpu/checks.h"
+#include "backend/cpu/scratch.h"
 
 namespace engine::cpu {
 namespace {
@@ -72,7 +73,7 @@ void check_no_overlap(const Tensor& q_out, const Tensor& qkv) {
 
 void check_shapes(const Tensor& q_out, const Tensor& qkv, const QKNorm* qk_norm,
                   const Tensor& cos_sin, const Tensor& positions, const Tensor& slot_mapping,
-                  const Tensor& k_cache, const Tensor& v_cache) {
+                  const Tensor& k_cache, const Tensor& v_cache, const KVCacheScales& scales) {
   const char* kn = "rope_and_cache";
   for (auto [name, t, rank] : {std::tuple{"q_out", &q_out, 3},
                                {"qkv", &qkv, 2},
@@ -80,8 +81,10 @@ void check_shapes(const Tensor& q_out, const Tensor& qkv, const QKNorm* qk_norm,
                                {"k_cache", &k_cache, 4},
                                {"v_cache", &v_cache, 4}}) {
     check_rank(kn, name, *t, rank);
-    check_dtype(kn, name, *t, DType::kF32);
   }
+  for (auto [name, t] : {std::pair{"q_out", &q_out}, {"qkv", &qkv}, {"cos_sin", &cos_sin}})
+    check_dtype(kn, name, *t, DType::kF32);
+  check_kv_cache(kn, k_cache, v_cache, scales);
   check_rank(kn, "positions", positions, 1);
   check_rank(kn, "slot_mapping", slot_mapping, 1);
   check_dtype(kn, "positions", positions, DType::kI32);
@@ -119,11 +122,25 @@ void check_index_ranges(const int32_t* pos, const int32_t* slots, int64_t num_t,
   }
 }
 
+// Writes n values times inv_scale into cache row `row` (n elements per row) of an fp32 or fp8
+// cache.
+void store_cache_row(const Tensor& cache, int64_t row, const float* values, int64_t n,
+                     float inv_scale) {
+  if (cache.dtype == DType::kF32) {
+    float* dst = cache.ptr<float>() + row * n;
+    for (int64_t i = 0; i < n; ++i) dst[i] = values[i] * inv_scale;
+  } else {
+    uint8_t* dst = cache.ptr<uint8_t>() + row * n;
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_fp8_e4m3(values[i] * inv_scale);
+  }
+}
+
 }  // namespace
 
 void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_sin,
-                    Tensor positions, Tensor slot_mapping, Tensor k_cache, Tensor v_cache) {
-  check_shapes(q_out, qkv, qk_norm, cos_sin, positions, slot_mapping, k_cache, v_cache);
+                    Tensor positions, Tensor slot_mapping, Tensor k_cache, Tensor v_cache,
+                    KVCacheScales scales) {
+  check_shapes(q_out, qkv, qk_norm, cos_sin, positions, slot_mapping, k_cache, v_cache, scales);
   const int64_t num_t = q_out.size(0), num_q_heads = q_out.size(1);
   const int64_t num_kv_heads = k_cache.size(2), head_dim = q_out.size(2);
   const int32_t* pos = positions.ptr<int32_t>();
@@ -136,8 +153,10 @@ void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_
   const float eps = qk_norm ? qk_norm->eps : 0.0f;
   const int64_t q_row = num_q_heads * head_dim, kv_row = num_kv_heads * head_dim;
   const int64_t qkv_row = q_row + 2 * kv_row;
-  // Slot s is element offset s * kv_row whatever block_size is, since a block is block_size
-  // consecutive rows; block_size only matters to callers composing slots.
+  // As the CUDA kernel does: multiply by the reciprocal, so both round the same products.
+  const float inv_k_scale = 1.0f / scales.k, inv_v_scale = 1.0f / scales.v;
+  // Slot s is row s of [num_blocks * block_size, Hk * D] whatever block_size is, since a block
+  // is block_size consecutive rows; block_size only matters to callers composing slots.
 #pragma omp parallel for schedule(static) if (num_t >= 64)
   for (int64_t t = 0; t < num_t; ++t) {
     const float* cos = table + pos[t] * head_dim;
@@ -145,10 +164,11 @@ void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_
     transform_heads(q_out.ptr<float>() + t * q_row, row, num_q_heads, head_dim,
                     {cos, cos + head_dim / 2, q_norm, eps});
     if (slots[t] < 0) continue;  // padding: its k and v are never read
-    transform_heads(k_cache.ptr<float>() + slots[t] * kv_row, row + q_row, num_kv_heads, head_dim,
+    float* k_rotated = thread_scratch(static_cast<size_t>(kv_row));
+    transform_heads(k_rotated, row + q_row, num_kv_heads, head_dim,
                     {cos, cos + head_dim / 2, k_norm, eps});
-    std::memcpy(v_cache.ptr<float>() + slots[t] * kv_row, row + q_row + kv_row,
-                kv_row * sizeof(float));
+    store_cache_row(k_cache, slots[t], k_rotated, kv_row, inv_k_scale);
+    store_cache_row(v_cache, slots[t], row + q_row + kv_row, kv_row, inv_v_scale);
   }
 }
 
