@@ -2,7 +2,9 @@
 // copies of the same bf16/fp16-rounded inputs. Every case draws fresh random inputs, shuffles
 // the block table, NaN-poisons the output and every cache slot no sequence owns (they must
 // never be read), and checks every output element. Batches with prefill chunks also run each
-// such sequence alone and expect the same bits as in the batch. Skips without a GPU.
+// such sequence alone and expect the same bits as in the batch. An fp8 cache holds e4m3 codes of
+// value / scale; the reference reads exactly the values they stand for (code * scale) in fp32.
+// Skips without a GPU.
 //
 // Tolerances (check_outputs): |gpu - ref| <= atol + rtol * |ref| (+ u * |attention of |V||
 // where the kernel rounds probabilities to the dtype), with (atol, rtol) = (5e-3, 1e-2) for
@@ -67,12 +69,14 @@ struct Case {
   std::optional<int> window;
   DType dtype = DType::kBF16;
   uint32_t seed = 1;
+  bool fp8_cache = false;  // the cache in fp8 e4m3 rather than dtype
+  KVCacheScales scales;
 };
 
 std::string describe(const Case& c) {
-  return std::string(dtype_name(c.dtype)) + " Hq=" + std::to_string(c.num_q_heads) +
-         " Hk=" + std::to_string(c.num_kv_heads) + " D=" + std::to_string(c.head_dim) +
-         " block=" + std::to_string(c.block_size) +
+  return std::string(dtype_name(c.dtype)) + (c.fp8_cache ? " fp8 cache" : "") +
+         " Hq=" + std::to_string(c.num_q_heads) + " Hk=" + std::to_string(c.num_kv_heads) +
+         " D=" + std::to_string(c.head_dim) + " block=" + std::to_string(c.block_size) +
          " window=" + (c.window ? std::to_string(*c.window) : "none") +
          " B=" + std::to_string(c.seq_lens.size());
 }
@@ -83,8 +87,21 @@ struct Inputs {
       max_seq_len = 0;
   std::vector<int32_t> query_start, seq_lens, block_table;
   std::vector<uint16_t> q_bits, k_bits, v_bits;
-  std::vector<float> q_f, k_f, v_f;
+  std::vector<uint8_t> k_fp8, v_fp8;  // fp8 caches: e4m3 codes of value / scale
+  std::vector<float> q_f, k_f, v_f;   // what the cache holds counts as (code * scale for fp8)
 };
+
+// An fp8 cache: the e4m3 code of each bf16/fp16-rounded value / scale (NaN codes stay NaN), and
+// the value the code stands for.
+void quantize_cache(const std::vector<float>& values, float scale, std::vector<uint8_t>& codes,
+                    std::vector<float>& stands_for) {
+  codes.clear();
+  stands_for.clear();
+  for (float x : values) {
+    codes.push_back(float_to_fp8_e4m3(x * (1.0f / scale)));
+    stands_for.push_back(fp8_e4m3_to_float(codes.back()) * scale);
+  }
+}
 
 // Fresh random inputs: normal q/k/v, a shuffled block table, and NaN in every cache slot no
 // sequence owns (the kernels must never read them).
@@ -133,6 +150,10 @@ Inputs make_inputs(const Case& c) {
   for (uint16_t x : in.q_bits) in.q_f.push_back(from_bits(x, c.dtype));
   for (uint16_t x : in.k_bits) in.k_f.push_back(from_bits(x, c.dtype));
   for (uint16_t x : in.v_bits) in.v_f.push_back(from_bits(x, c.dtype));
+  if (c.fp8_cache) {
+    quantize_cache(std::vector<float>(in.k_f), c.scales.k, in.k_fp8, in.k_f);
+    quantize_cache(std::vector<float>(in.v_f), c.scales.v, in.v_fp8, in.v_f);
+  }
   return in;
 }
 
@@ -165,8 +186,13 @@ class DeviceCase {
  public:
   DeviceCase(const Case& c, const Inputs& in)
       : c_(c), in_(in), k_(in.k_bits.size() * 2), v_(in.v_bits.size() * 2) {
-    upload(k_, in.k_bits);
-    upload(v_, in.v_bits);
+    if (c.fp8_cache) {
+      upload(k_, in.k_fp8);
+      upload(v_, in.v_fp8);
+    } else {
+      upload(k_, in.k_bits);
+      upload(v_, in.v_bits);
+    }
   }
 
   // Output bits of sequences [first, first + count) ([their tokens, Hq, D]).
@@ -204,11 +230,13 @@ class DeviceCase {
     meta.query_start_loc = Tensor(d_qsl.get(), DType::kI32, {count + 1}, dev);
     meta.seq_lens = Tensor(d_lens.get(), DType::kI32, {count}, dev);
     meta.block_table = Tensor(d_table.get(), DType::kI32, {count, in_.max_blocks}, dev);
+    const DType cache_dtype = c_.fp8_cache ? DType::kFP8E4M3 : c_.dtype;
+    const std::vector<int64_t> cache_shape{in_.num_blocks, c_.block_size, hk, dim};
     paged_attention(Tensor(d_out.get(), c_.dtype, {num_tokens, hq, dim}, dev),
                     Tensor(d_q.get(), c_.dtype, {num_tokens, hq, dim}, dev),
-                    Tensor(k_.get(), c_.dtype, {in_.num_blocks, c_.block_size, hk, dim}, dev),
-                    Tensor(v_.get(), c_.dtype, {in_.num_blocks, c_.block_size, hk, dim}, dev), meta,
-                    scale_of(c_), c_.window, nullptr, kernel);
+                    Tensor(k_.get(), cache_dtype, cache_shape, dev),
+                    Tensor(v_.get(), cache_dtype, cache_shape, dev), meta, scale_of(c_), c_.window,
+                    nullptr, kernel, c_.scales);
     EMBER_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<uint16_t> out(q.size());
     EMBER_CUDA_CHECK(cudaMemcpy(out.data(), d_out.get(), out.size() * 2, cudaMemcpyDeviceToHost));
@@ -287,8 +315,11 @@ void run_case(const Case& c, bool per_request = false) {
   const std::vector<float> ref_abs =
       rounds_probabilities ? reference(c, in, true) : std::vector<float>();
   const DeviceCase device(c, in);
+  // The wgmma kernel reads a cache in the compute dtype only (CudaPagedAttention.Fp8Cache*).
   const std::vector<PrefillKernel> kernels =
-      rounds_probabilities ? prefill_kernels() : std::vector<PrefillKernel>{PrefillKernel::kAuto};
+      !rounds_probabilities ? std::vector<PrefillKernel>{PrefillKernel::kAuto}
+      : c.fp8_cache         ? std::vector<PrefillKernel>{PrefillKernel::kMmaSync}
+                            : prefill_kernels();
   for (PrefillKernel kernel : kernels) {
     SCOPED_TRACE(kernel_name(kernel));
     const std::vector<uint16_t> out = device.run(0, in.num_seqs, kernel);
@@ -520,6 +551,60 @@ TEST_F(CudaPagedAttention, GroupsNotDividingTheTile) {
       c.seed = seed++;
       run_case(c, /*per_request=*/true);
     }
+}
+
+// kv_cache_dtype fp8: decode (with and without splits), mixed batches through the mma.sync
+// kernel (per request bit-exact too), windows, both dtypes and head dims, scales of 1 and not.
+TEST_F(CudaPagedAttention, Fp8CacheAgainstTheValuesItHolds) {
+  uint32_t seed = 900;
+  for (const HeadShape& h : head_shapes())
+    for (KVCacheScales scales : {KVCacheScales{}, KVCacheScales{0.25f, 3.0f}}) {
+      const auto fp8 = [&](Case c) {
+        c.dtype = h.dtype;
+        c.fp8_cache = true;
+        c.scales = scales;
+        c.seed = seed++;
+        return c;
+      };
+      run_case(
+          fp8({{1, 1, 1, 1}, {1, 17, 100, 1000}, h.num_q_heads, h.num_kv_heads, h.head_dim, 5}));
+      run_case(fp8({{1}, {3000}, h.num_q_heads, h.num_kv_heads, h.head_dim, 16}));  // splits
+      run_case(fp8({{1, 1, 37, 45, 1, 130},
+                    {1, 300, 237, 45, 64, 200},
+                    h.num_q_heads,
+                    h.num_kv_heads,
+                    h.head_dim,
+                    7}),
+               /*per_request=*/true);
+      Case windowed =
+          fp8({{1, 37, 1}, {1000, 237, 64}, h.num_q_heads, h.num_kv_heads, h.head_dim, 16, 32});
+      run_case(windowed);
+    }
+}
+
+TEST_F(CudaPagedAttention, Fp8CacheRefusesTheWgmmaKernelAndBadScales) {
+  const auto dev = DeviceType::kCuda;
+  DeviceBuffer buf(1 << 20);
+  AttentionMetadata meta;
+  meta.num_seqs = 1;
+  meta.max_query_len = 2;
+  meta.max_seq_len = 2;
+  meta.max_blocks_per_seq = 1;
+  meta.query_start_loc = Tensor(buf.get(), DType::kI32, {2}, dev);
+  meta.seq_lens = Tensor(buf.get(), DType::kI32, {1}, dev);
+  meta.block_table = Tensor(buf.get(), DType::kI32, {1, 1}, dev);
+  const Tensor q(buf.get(), DType::kBF16, {2, 4, 64}, dev);
+  const Tensor k8(buf.get(), DType::kFP8E4M3, {4, 16, 2, 64}, dev);
+  EXPECT_THROW(
+      paged_attention(q, q, k8, k8, meta, 1.0f, std::nullopt, nullptr, PrefillKernel::kWgmma),
+      std::invalid_argument);
+  try {
+    paged_attention(q, q, k8, k8, meta, 1.0f, std::nullopt, nullptr, PrefillKernel::kAuto,
+                    KVCacheScales{1.0f, -2.0f});
+    ADD_FAILURE() << "scales.v -2 accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("scales.v is -2"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(CudaPagedAttention, RejectsBadShapesNamingTheTensor) {

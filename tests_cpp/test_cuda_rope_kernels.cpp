@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -155,6 +156,78 @@ void check_rope(const RopeRun& run, std::mt19937& rng) {
   EXPECT_LE(worst_k, 1.0) << "k_cache";
   EXPECT_EQ(num_wrong_v, 0) << "v_cache elements other than the input v";
   EXPECT_EQ(num_unpoisoned, 0) << "cache elements written in slots no token maps to";
+}
+
+// An fp8 cache against the CPU spec's codes on the same rounded inputs: v codes equal (the same
+// product, rounded once); a k code may be the neighbouring one where the GPU's and the CPU's fp32
+// rotations straddle an e4m3 rounding boundary, which is rare (at most 1 in 500 here). Unmapped
+// slots keep the poison (0xFF, a NaN code).
+void check_fp8_rope(DType dtype, RopeShape shape, bool qk_norm, std::mt19937& rng) {
+  SCOPED_TRACE(testing::Message() << compute_name(dtype) << " fp8 cache Hq=" << shape.num_q_heads
+                                  << " Hk=" << shape.num_kv_heads << " D=" << shape.head_dim
+                                  << " qk_norm=" << qk_norm);
+  const int64_t tokens = 77, hq = shape.num_q_heads, hk = shape.num_kv_heads, d = shape.head_dim;
+  const int64_t num_blocks = (2 * tokens + kBlockSize - 1) / kBlockSize + 1;
+  const int64_t num_slots = num_blocks * kBlockSize, width = (hq + 2 * hk) * d;
+  const KVCacheScales scales{0.5f, 2.0f};
+  std::vector<float> qkv_rounded;
+  HostTensor qkv = to_dtype(random_f32({tokens, width}, rng, -4.0f, 4.0f), dtype, &qkv_rounded);
+  HostTensor table = cos_sin_table(d);
+  HostTensor q_weight = random_f32({d}, rng, 0.5f, 1.5f),
+             k_weight = random_f32({d}, rng, 0.5f, 1.5f);
+  const std::vector<int32_t> slots = scattered_slots(tokens, num_slots, rng);
+  std::vector<int32_t> positions(tokens + 2);
+  for (auto& p : positions) p = static_cast<int32_t>(rng() % kMaxPos);
+
+  const std::vector<int64_t> cache_shape{num_blocks, kBlockSize, hk, d};
+  HostTensor ref_q = poisoned_f32({tokens, hq, d});
+  HostTensor ref_k(DType::kFP8E4M3, cache_shape), ref_v(DType::kFP8E4M3, cache_shape);
+  std::fill_n(ref_k.ptr<uint8_t>(), ref_k.numel(), uint8_t{0xFF});
+  std::fill_n(ref_v.ptr<uint8_t>(), ref_v.numel(), uint8_t{0xFF});
+  HostTensor host_qkv = f32_tensor(qkv_rounded, {tokens, width});
+  HostTensor pos = i32_tensor(std::vector<int32_t>(positions.begin(), positions.begin() + tokens));
+  HostTensor slot = i32_tensor(std::vector<int32_t>(slots.begin(), slots.begin() + tokens));
+  const QKNorm host_norm{q_weight.tensor, k_weight.tensor, kEps};
+  cpu::rope_and_cache(ref_q.tensor, host_qkv.tensor, qk_norm ? &host_norm : nullptr, table.tensor,
+                      pos.tensor, slot.tensor, ref_k.tensor, ref_v.tensor, scales);
+
+  DeviceTensor dqkv = DeviceTensor::from_host(qkv), dtable = DeviceTensor::from_host(table);
+  DeviceTensor dq_weight = DeviceTensor::from_host(q_weight);
+  DeviceTensor dk_weight = DeviceTensor::from_host(k_weight);
+  DeviceTensor dpos = DeviceTensor::from_host(i32_tensor(positions));
+  DeviceTensor dslots = DeviceTensor::from_host(i32_tensor(slots));
+  DeviceTensor q_out(dtype, {tokens, hq, d});
+  DeviceTensor kc(DType::kFP8E4M3, cache_shape), vc(DType::kFP8E4M3, cache_shape);
+  const QKNorm device_norm{dq_weight.tensor, dk_weight.tensor, kEps};
+  cuda::rope_and_cache(q_out.tensor, dqkv.tensor, qk_norm ? &device_norm : nullptr, dtable.tensor,
+                       dpos.tensor, dslots.tensor, kc.tensor, vc.tensor, nullptr, scales);
+  EMBER_CUDA_CHECK(cudaDeviceSynchronize());
+
+  EXPECT_LE(error_ratio(q_out.floats(), ref_q.ptr<float>(), kAtol, ulp_of(dtype)), 1.0) << "q_out";
+  const std::vector<uint8_t> k_codes = kc.bytes(), v_codes = vc.bytes();
+  int64_t k_neighbours = 0, k_wrong = 0, v_wrong = 0, k_nonzero = 0;
+  for (int64_t i = 0; i < ref_k.numel(); ++i) {
+    const uint8_t want = ref_k.ptr<uint8_t>()[i], got = k_codes[i];
+    const bool equal = got == want || ((got & 0x7F) == 0 && (want & 0x7F) == 0);  // +-0
+    const bool neighbour = (want & 0x80) == (got & 0x80) && (want & 0x7F) != 0x7F &&
+                           std::abs(int(want & 0x7F) - int(got & 0x7F)) == 1;
+    k_neighbours += !equal && neighbour;
+    k_wrong += !equal && !neighbour;
+    v_wrong += v_codes[i] != ref_v.ptr<uint8_t>()[i];
+    k_nonzero += got != 0xFF && (got & 0x7F) != 0;
+  }
+  EXPECT_EQ(k_wrong, 0) << "k codes neither the spec's nor its neighbour";
+  EXPECT_LE(k_neighbours * 500, ref_k.numel()) << "k codes one step from the spec's";
+  EXPECT_EQ(v_wrong, 0) << "v codes other than the spec's";
+  EXPECT_GT(k_nonzero, 0);
+}
+
+TEST_F(CudaRope, Fp8CacheStoresTheSpecsCodes) {
+  std::mt19937 rng(77);
+  for (DType dtype : {DType::kBF16, DType::kF16})
+    for (bool qk_norm : {false, true})
+      for (RopeShape shape : {RopeShape{32, 8, 128}, RopeShape{8, 8, 64}, RopeShape{6, 2, 72}})
+        check_fp8_rope(dtype, shape, qk_norm, rng);
 }
 
 void check_runs(DType dtype, std::initializer_list<int64_t> token_counts,

@@ -5,13 +5,14 @@ near-tie rule), logprobs and prompt logprobs for every architecture, on the CPU.
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, cpu_engine
+from conftest import ARCHITECTURES, cpu_engine, cuda_engine
 from ember import SamplingParams
 from hf_reference import (
     check_logprobs_close,
     check_outputs_close,
     ember_sequences,
     encode,
+    greedy_params,
     hf_greedy,
     load_hf_tokenizer,
     mixed_prompts,
@@ -51,12 +52,17 @@ def hf_fp8_model():
     AttentionMaskInterface.register(FP8_ATTENTION, sdpa_mask)
     models = {}
 
-    def load(path):
-        if path not in models:
-            models[path] = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=torch.float32, attn_implementation=FP8_ATTENTION
-            ).eval()
-        return models[path]
+    def load(path, device="cpu", dtype=torch.float32):
+        key = (path, device, dtype)
+        if key not in models:
+            models[key] = (
+                AutoModelForCausalLM.from_pretrained(
+                    str(path), dtype=dtype, attn_implementation=FP8_ATTENTION
+                )
+                .to(device)
+                .eval()
+            )
+        return models[key]
 
     return load
 
@@ -115,3 +121,19 @@ def test_fp8_cache_holds_four_times_the_blocks_of_an_fp32_one(tiny_checkpoint):
 def test_unknown_kv_cache_dtype_names_the_allowed_ones(tiny_checkpoint):
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, fp8, fp8_e4m3"):
         cpu_engine(tiny_checkpoint("llama"), kv_cache_dtype="int8")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3"])
+def test_gpu_fp8_cache_matches_hf_on_gpu_reading_fp8_kv(arch, tiny_checkpoint, hf_fp8_model):
+    """The CUDA kernels' fp8 path (cache writes, decode, mma.sync prefill over several chunks)
+    against HF in bf16 on the GPU reading fp8-rounded K/V."""
+    checkpoint = tiny_checkpoint(arch)
+    engine = cuda_engine(checkpoint, kv_cache_dtype="fp8", max_num_batched_tokens=64)
+    assert engine.model_info.kv_cache_dtype == "float8_e4m3fn"
+    tokenizer = load_hf_tokenizer(checkpoint)
+    prompts = mixed_prompts(tokenizer, len(tokenizer))
+    outputs = engine.generate(prompts, greedy_params(MAX_TOKENS), use_tqdm=False)
+    reference_model = hf_fp8_model(checkpoint, device="cuda", dtype=torch.bfloat16)
+    reference = hf_greedy(reference_model, [encode(tokenizer, p) for p in prompts], MAX_TOKENS)
+    check_outputs_close(ember_sequences(outputs), reference)

@@ -2,6 +2,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <array>
@@ -10,6 +11,8 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "attention/paged_attention.cuh"
@@ -65,7 +68,8 @@ void check_size(const char* name, const Tensor& t, int dim, int64_t expected, co
 }
 
 void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                  const AttentionMetadata& meta, float scale, std::optional<int> sliding_window) {
+                  const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
+                  const KVCacheScales& scales) {
   check_rank("q", q, 3);
   check_rank("out", out, 3);
   check_rank("k_cache", k_cache, 4);
@@ -74,8 +78,16 @@ void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, con
     fail(std::string("q is ") + dtype_name(q.dtype) + " but must be bfloat16 or float16");
   }
   check_dtype("out", out, q.dtype);
-  check_dtype("k_cache", k_cache, q.dtype);
-  check_dtype("v_cache", v_cache, q.dtype);
+  if (k_cache.dtype != q.dtype && k_cache.dtype != DType::kFP8E4M3) {
+    fail(std::string("k_cache is ") + dtype_name(k_cache.dtype) + " but must be " +
+         dtype_name(q.dtype) + " (as q) or float8_e4m3fn");
+  }
+  check_dtype("v_cache", v_cache, k_cache.dtype);
+  for (auto [name, value] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
+    if (!(value > 0.0f) || !std::isfinite(value)) {
+      fail(std::string(name) + " is " + std::to_string(value) + " but must be positive and finite");
+    }
+  }
   for (int d = 0; d < 3; ++d) check_size("out", out, d, q.size(d), "same as q");
   for (int d = 0; d < 4; ++d) check_size("v_cache", v_cache, d, k_cache.size(d), "as k_cache");
   if (q.size(2) != 64 && q.size(2) != 128) {
@@ -200,27 +212,29 @@ LaunchShape plan_decode_launch(int64_t num_q_heads, int64_t num_kv_heads, int he
 // Launches decode::paged_decode_kernel, asking once per instantiation for the shared-memory
 // carveout that lets kMinCtasPerSm CTAs of 48 KB share an SM (a preference for occupancy;
 // results do not depend on it).
-template <typename T, int kHeadDim, int kHeads>
-void launch_decode(const PagedAttentionParams<T>& p, dim3 grid, cudaStream_t stream) {
+template <typename T, typename C, int kHeadDim, int kHeads>
+void launch_decode(const PagedAttentionParams<T, C>& p, dim3 grid, cudaStream_t stream) {
   static std::once_flag carveout_set;
   std::call_once(carveout_set, [] {
     EMBER_CUDA_CHECK(cudaFuncSetAttribute(
-        attention::decode::paged_decode_kernel<T, kHeadDim, kHeads>,
+        attention::decode::paged_decode_kernel<T, C, kHeadDim, kHeads>,
         cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   });
-  attention::decode::paged_decode_kernel<T, kHeadDim, kHeads>
+  attention::decode::paged_decode_kernel<T, C, kHeadDim, kHeads>
       <<<grid, attention::decode::kThreads, 0, stream>>>(p);
 }
 
-// The fields the decode and prefill kernels' parameters share: tensors, shapes, the scale.
-template <typename Params, typename T>
+// The fields the decode and prefill kernels' parameters share: tensors, shapes, the scales (the k
+// scale folded into the softmax scale).
+template <typename Params, typename T, typename C>
 Params common_params(const Tensor& out, const Tensor& q, const Tensor& k_cache,
-                     const Tensor& v_cache, const AttentionMetadata& meta, float scale) {
+                     const Tensor& v_cache, const AttentionMetadata& meta, float scale,
+                     const KVCacheScales& scales) {
   Params p{};
   p.out = out.ptr<T>();
   p.q = q.ptr<const T>();
-  p.k_cache = k_cache.ptr<const T>();
-  p.v_cache = v_cache.ptr<const T>();
+  p.k_cache = k_cache.ptr<const C>();
+  p.v_cache = v_cache.ptr<const C>();
   p.query_start_loc = meta.query_start_loc.ptr<const int32_t>();
   p.seq_lens = meta.seq_lens.ptr<const int32_t>();
   p.block_table = meta.block_table.ptr<const int32_t>();
@@ -228,21 +242,23 @@ Params common_params(const Tensor& out, const Tensor& q, const Tensor& k_cache,
   p.num_kv_heads = static_cast<int>(k_cache.size(2));
   p.block_size = static_cast<int>(k_cache.size(1));
   p.max_blocks_per_seq = meta.max_blocks_per_seq;
-  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
+  p.scale_log2 = scale * scales.k * 1.4426950408889634f;  // log2(e)
+  p.v_scale = scales.v;
   return p;
 }
 
 // Pure decode batches: decode::paged_decode_kernel, then the merge when the context is split.
-template <typename T, int kHeadDim>
+template <typename T, typename C, int kHeadDim>
 void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                 const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-                cudaStream_t stream) {
+                const KVCacheScales& scales, cudaStream_t stream) {
   const int64_t num_tokens = q.size(0), num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
   const int group = static_cast<int>(num_q_heads / num_kv_heads);
   // Decode CTAs carry 1, 2 or 4 heads: more would cost registers that occupancy needs.
   const int decode_heads = group == 1 ? 1 : group == 2 ? 2 : 4;
   const LaunchShape shape = plan_decode_launch(num_q_heads, num_kv_heads, decode_heads, meta);
-  auto p = common_params<PagedAttentionParams<T>, T>(out, q, k_cache, v_cache, meta, scale);
+  auto p = common_params<PagedAttentionParams<T, C>, T, C>(out, q, k_cache, v_cache, meta, scale,
+                                                           scales);
   p.num_tokens = static_cast<int>(num_tokens);
   p.num_head_chunks = shape.num_head_chunks;
   p.keys_per_split = shape.keys_per_split;
@@ -262,11 +278,11 @@ void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const
   const dim3 grid(static_cast<unsigned>(meta.num_seqs), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(shape.num_splits));
   if (decode_heads == 1) {
-    launch_decode<T, kHeadDim, 1>(p, grid, stream);
+    launch_decode<T, C, kHeadDim, 1>(p, grid, stream);
   } else if (decode_heads == 2) {
-    launch_decode<T, kHeadDim, 2>(p, grid, stream);
+    launch_decode<T, C, kHeadDim, 2>(p, grid, stream);
   } else {
-    launch_decode<T, kHeadDim, 4>(p, grid, stream);
+    launch_decode<T, C, kHeadDim, 4>(p, grid, stream);
   }
   EMBER_CUDA_CHECK_LAUNCH();
   if (shape.num_splits > 1) {
@@ -318,15 +334,15 @@ bool wgmma_available() {
 // Batches with a prefill chunk: one CTA of prefill::paged_prefill_kernel (mma.sync) or
 // prefill_sm90::paged_prefill_wgmma_kernel per (query tile rank, sequence, kv head, head chunk);
 // both carry kBlockM = 128 rows, so they share the plan.
-template <typename T, int kHeadDim>
+template <typename T, typename C, int kHeadDim>
 void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                  const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-                 PrefillKernel which, cudaStream_t stream) {
+                 const KVCacheScales& scales, PrefillKernel which, cudaStream_t stream) {
   namespace prefill = attention::prefill;
   namespace prefill_sm90 = attention::prefill_sm90;
   const int64_t num_q_heads = q.size(1), num_kv_heads = k_cache.size(2);
   const int group = static_cast<int>(num_q_heads / num_kv_heads);
-  auto p = common_params<PrefillParams<T>, T>(out, q, k_cache, v_cache, meta, scale);
+  auto p = common_params<PrefillParams<T, C>, T, C>(out, q, k_cache, v_cache, meta, scale, scales);
   p.num_seqs = meta.num_seqs;
   p.heads_per_cta = std::min(group, prefill::kBlockM);
   p.num_head_chunks = (group + p.heads_per_cta - 1) / p.heads_per_cta;
@@ -341,20 +357,32 @@ void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, cons
   }
   // NOTE: kAuto stays on mma.sync until the wgmma kernel has passed the tests on a GPU.
   constexpr bool kAutoPicksWgmma = false;
-  const bool wgmma = which == PrefillKernel::kWgmma ||
-                     (kAutoPicksWgmma && which == PrefillKernel::kAuto && wgmma_available());
+  constexpr bool kCacheInT = std::is_same_v<C, T>;  // what the wgmma kernel reads
+  const bool wgmma =
+      which == PrefillKernel::kWgmma ||
+      (kAutoPicksWgmma && kCacheInT && which == PrefillKernel::kAuto && wgmma_available());
   if (which == PrefillKernel::kWgmma && !wgmma_available()) {
     fail("PrefillKernel::kWgmma needs an sm_90 device and a build with sm_90a code");
   }
-  if (wgmma) {
-    constexpr size_t kSharedBytes = prefill_sm90::Sm90Layout<T, kHeadDim>::kDynamicBytes;
-    auto* kernel = prefill_sm90::paged_prefill_wgmma_kernel<T, kHeadDim>;
-    static std::array<std::once_flag, kMaxDevices> configured;
-    configure_once(configured, kernel, kSharedBytes);
-    kernel<<<static_cast<unsigned>(num_ctas), prefill_sm90::kThreads, kSharedBytes, stream>>>(p);
-  } else {
-    constexpr size_t kSharedBytes = sizeof(prefill::PrefillShared<T, kHeadDim>);
-    auto* kernel = prefill::paged_prefill_kernel<T, kHeadDim>;
+  if (which == PrefillKernel::kWgmma && !kCacheInT) {
+    fail(
+        "PrefillKernel::kWgmma reads a cache in the compute dtype only; an fp8 cache runs the "
+        "mma.sync kernel (kAuto or kMmaSync)");
+  }
+  if constexpr (kCacheInT) {
+    if (wgmma) {
+      constexpr size_t kSharedBytes = prefill_sm90::Sm90Layout<T, kHeadDim>::kDynamicBytes;
+      auto* kernel = prefill_sm90::paged_prefill_wgmma_kernel<T, kHeadDim>;
+      static std::array<std::once_flag, kMaxDevices> configured;
+      configure_once(configured, kernel, kSharedBytes);
+      kernel<<<static_cast<unsigned>(num_ctas), prefill_sm90::kThreads, kSharedBytes, stream>>>(p);
+      EMBER_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
+  {
+    constexpr size_t kSharedBytes = sizeof(prefill::PrefillSmem<T, C, kHeadDim>);
+    auto* kernel = prefill::paged_prefill_kernel<T, C, kHeadDim>;
     static std::array<std::once_flag, kMaxDevices> configured;
     configure_once(configured, kernel, kSharedBytes);
     kernel<<<static_cast<unsigned>(num_ctas), prefill::kThreads, kSharedBytes, stream>>>(p);
@@ -362,26 +390,43 @@ void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, cons
   EMBER_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T, int kHeadDim>
-void launch(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-            const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-            PrefillKernel which, cudaStream_t stream) {
-  if (meta.max_query_len == 1) {
-    run_decode<T, kHeadDim>(out, q, k_cache, v_cache, meta, scale, sliding_window, stream);
+// One call's tensors and settings, handed down the dispatch.
+struct AttentionCall {
+  const Tensor &out, &q, &k_cache, &v_cache;
+  const AttentionMetadata& meta;
+  float scale;
+  std::optional<int> sliding_window;
+  KVCacheScales scales;
+  PrefillKernel which;
+  cudaStream_t stream;
+};
+
+template <typename T, typename C, int kHeadDim>
+void launch(const AttentionCall& c) {
+  if (c.meta.max_query_len == 1) {
+    run_decode<T, C, kHeadDim>(c.out, c.q, c.k_cache, c.v_cache, c.meta, c.scale, c.sliding_window,
+                               c.scales, c.stream);
   } else {
-    run_prefill<T, kHeadDim>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
+    run_prefill<T, C, kHeadDim>(c.out, c.q, c.k_cache, c.v_cache, c.meta, c.scale, c.sliding_window,
+                                c.scales, c.which, c.stream);
+  }
+}
+
+template <typename T, typename C>
+void launch_for_head_dim(const AttentionCall& c) {
+  if (c.q.size(2) == 64) {
+    launch<T, C, 64>(c);
+  } else {
+    launch<T, C, 128>(c);
   }
 }
 
 template <typename T>
-void launch_for_head_dim(const Tensor& out, const Tensor& q, const Tensor& k_cache,
-                         const Tensor& v_cache, const AttentionMetadata& meta, float scale,
-                         std::optional<int> sliding_window, PrefillKernel which,
-                         cudaStream_t stream) {
-  if (q.size(2) == 64) {
-    launch<T, 64>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
+void launch_for_cache(const AttentionCall& c) {
+  if (c.k_cache.dtype == DType::kFP8E4M3) {
+    launch_for_head_dim<T, __nv_fp8_e4m3>(c);
   } else {
-    launch<T, 128>(out, q, k_cache, v_cache, meta, scale, sliding_window, which, stream);
+    launch_for_head_dim<T, T>(c);
   }
 }
 
@@ -389,15 +434,15 @@ void launch_for_head_dim(const Tensor& out, const Tensor& q, const Tensor& k_cac
 
 void paged_attention(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache,
                      const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-                     cudaStream_t stream, PrefillKernel prefill_kernel) {
-  check_inputs(out, q, k_cache, v_cache, meta, scale, sliding_window);
+                     cudaStream_t stream, PrefillKernel prefill_kernel, KVCacheScales scales) {
+  check_inputs(out, q, k_cache, v_cache, meta, scale, sliding_window, scales);
   if (q.size(0) == 0 || meta.num_seqs == 0 || meta.max_query_len == 0) return;
+  const AttentionCall call{
+      out, q, k_cache, v_cache, meta, scale, sliding_window, scales, prefill_kernel, stream};
   if (q.dtype == DType::kBF16) {
-    launch_for_head_dim<__nv_bfloat16>(out, q, k_cache, v_cache, meta, scale, sliding_window,
-                                       prefill_kernel, stream);
+    launch_for_cache<__nv_bfloat16>(call);
   } else {
-    launch_for_head_dim<__half>(out, q, k_cache, v_cache, meta, scale, sliding_window,
-                                prefill_kernel, stream);
+    launch_for_cache<__half>(call);
   }
 }
 

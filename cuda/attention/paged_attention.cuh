@@ -10,6 +10,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math_constants.h>
 
 #include <cstdint>
@@ -21,13 +22,13 @@ namespace engine::cuda::attention {
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kWarps = kThreads / 32;
 
-// The decode kernel's parameters.
-template <typename T>
+// The decode kernel's parameters. T: the compute dtype; C: the cache's (T, or __nv_fp8_e4m3).
+template <typename T, typename C = T>
 struct PagedAttentionParams {
   T* out;                          // [T, Hq, D]; unused when splitting
   const T* q;                      // [T, Hq, D]
-  const T* k_cache;                // [num_blocks, block_size, Hk, D]
-  const T* v_cache;                // [num_blocks, block_size, Hk, D]
+  const C* k_cache;                // [num_blocks, block_size, Hk, D]
+  const C* v_cache;                // [num_blocks, block_size, Hk, D]
   const int32_t* query_start_loc;  // [B + 1] prefix sums of query lengths
   const int32_t* seq_lens;         // [B] context length after this step
   const int32_t* block_table;      // [B, max_blocks_per_seq]
@@ -39,7 +40,8 @@ struct PagedAttentionParams {
   int keys_per_split;   // context positions per split
   bool has_window;
   int window;
-  float scale_log2;  // softmax scale * log2(e): scores are kept in log2 units for exp2f
+  float scale_log2;  // softmax scale * k scale * log2(e): scores are kept in log2 units for exp2f
+  float v_scale;     // the cache's v scale, applied to the output
 };
 
 template <typename T>
@@ -68,6 +70,40 @@ struct Element<__half> {
     return __half22float2(pair);
   }
 };
+
+// The bytes one lane copies per cache access in the decode kernel: 8 cached values either way
+// (16 bytes of a 16-bit cache, 8 of an fp8 one), so the lane layout does not change with C.
+template <typename C>
+struct CacheWord {
+  using type = uint4;
+};
+template <>
+struct CacheWord<__nv_fp8_e4m3> {
+  using type = uint2;
+};
+
+// 8 cached values widened to fp32 (exactly: every e4m3 value is a half).
+__device__ __forceinline__ void widen8(const uint2& raw, float (&x)[8]) {
+  const uint32_t words[2] = {raw.x, raw.y};
+#pragma unroll
+  for (int w = 0; w < 2; ++w)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const auto pair = static_cast<__nv_fp8x2_storage_t>(words[w] >> (16 * half));
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3)));
+      x[4 * w + 2 * half] = f.x;  // the lower byte holds the first value
+      x[4 * w + 2 * half + 1] = f.y;
+    }
+}
+
+// 8-byte global -> shared copy (through L1: cp.async.cg takes 16 bytes only); when !valid
+// nothing is read and the destination is zeroed.
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 8 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_size)
+               : "memory");
+}
 
 // 16-byte global -> shared copy; when !valid nothing is read and the destination is zeroed.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {

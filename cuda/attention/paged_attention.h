@@ -22,12 +22,16 @@ enum class PrefillKernel { kAuto, kMmaSync, kWgmma };
 // > position - sliding_window when given). Any block_size. Scores and softmax in fp32; with
 // max_query_len > 1 the probabilities are rounded to the compute dtype for the P V product (as
 // FlashAttention does). `scale` must be positive. meta's host fields (num_seqs, max_query_len,
-// max_seq_len, max_blocks_per_seq) size the launch; its tensors are on the device.
+// max_seq_len, max_blocks_per_seq) size the launch; its tensors are on the device. The cache is
+// in the compute dtype or fp8 e4m3 (widened exactly on chip; the wgmma kernel reads the compute
+// dtype only, so kAuto runs mma.sync for prefill on an fp8 cache); cached values count as stored
+// value * scales.
 void paged_attention(Tensor out,      // [T, Hq, D] compute dtype
                      Tensor q,        // [T, Hq, D] compute dtype
-                     Tensor k_cache,  // [num_blocks, block_size, Hk, D] compute dtype
-                     Tensor v_cache,  // [num_blocks, block_size, Hk, D] compute dtype
+                     Tensor k_cache,  // [num_blocks, block_size, Hk, D] compute dtype or fp8
+                     Tensor v_cache,  // [num_blocks, block_size, Hk, D] as k_cache
                      const AttentionMetadata& meta, float scale, std::optional<int> sliding_window,
-                     cudaStream_t stream, PrefillKernel prefill_kernel = PrefillKernel::kAuto);
+                     cudaStream_t stream, PrefillKernel prefill_kernel = PrefillKernel::kAuto,
+                     KVCacheScales scales = {});
 
 }  // namespace engine::cuda

@@ -12,6 +12,10 @@
 // Scores reduce across the key's lanes with shuffles; each warp keeps its own online softmax (max,
 // sum, out) in fp32, and the warps' states merge at the end.
 //
+// An fp8 cache (C = __nv_fp8_e4m3) keeps the lane layout: each lane copies its 8 values' 8 bytes
+// (8-byte cp.async) and widens them to fp32; the k scale is folded into q, the v scale into the
+// output.
+//
 // NOTE: like the prefill kernel it trusts the device metadata, and never reads a cache slot
 // at or past seq_len.
 
@@ -50,6 +54,11 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[8]) {
     x[2 * e + 1] = pair.y;
   }
 }
+// An fp8 cache's 8 values.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint2& raw, float (&x)[8]) {
+  widen8(raw, x);
+}
 
 // One CTA's heads, token and key range.
 struct DecodeWork {
@@ -58,8 +67,8 @@ struct DecodeWork {
 };
 
 // False when the sequence has no new token this step.
-template <typename T, int kHeads>
-__device__ __forceinline__ bool plan_decode(const PagedAttentionParams<T>& p, DecodeWork& w) {
+template <int kHeads, typename Params>
+__device__ __forceinline__ bool plan_decode(const Params& p, DecodeWork& w) {
   const int seq = blockIdx.x;
   w.token = p.query_start_loc[seq];
   if (p.query_start_loc[seq + 1] == w.token) return false;
@@ -88,21 +97,22 @@ struct DecodeState {
   float own_sum;            // scatter path: running sum of this lane's own (pass, head) scores
 };
 
-// One chunk's K and V pieces, laid out [pass][lane]: each lane reads back exactly the 16 bytes
-// its own cp.async wrote, so the cp.async group wait alone orders them (no barrier).
-template <int kPasses>
+// One chunk's K and V pieces, laid out [pass][lane]: each lane reads back exactly the bytes its
+// own cp.async wrote, so the cp.async group wait alone orders them (no barrier). Word: uint4 (16
+// bytes of a 16-bit cache) or uint2 (8 bytes of an fp8 one).
+template <int kPasses, typename Word>
 struct alignas(16) ChunkStage {
-  uint4 k[kPasses][32];
-  uint4 v[kPasses][32];
+  Word k[kPasses][32];
+  Word v[kPasses][32];
 };
 
 // Starts the copy of one chunk of kKeysPerChunk keys starting at chunk_begin into `stage`; keys
 // at or past key_end are zero-filled, never read. slot holds, in lane i < kKeysPerChunk, the
 // cache slot of key chunk_begin + i.
-template <typename T, int kHeadDim, int kHeads>
-__device__ __forceinline__ void issue_chunk(const PagedAttentionParams<T>& p, const DecodeWork& w,
-                                            int chunk_begin, int slot,
-                                            ChunkStage<Layout<kHeadDim, kHeads>::kPasses>& stage) {
+template <typename T, typename C, int kHeadDim, int kHeads>
+__device__ __forceinline__ void issue_chunk(
+    const PagedAttentionParams<T, C>& p, const DecodeWork& w, int chunk_begin, int slot,
+    ChunkStage<Layout<kHeadDim, kHeads>::kPasses, typename CacheWord<C>::type>& stage) {
   using L = Layout<kHeadDim, kHeads>;
   const int lane = threadIdx.x % 32, key_group = lane / L::kLanesPerKey;
   const int sub = lane % L::kLanesPerKey;
@@ -114,8 +124,13 @@ __device__ __forceinline__ void issue_chunk(const PagedAttentionParams<T>& p, co
     const int key_slot = __shfl_sync(0xffffffffu, slot, index);
     const bool valid = chunk_begin + index < w.key_end;
     const int64_t offset = key_slot * slot_stride + head_offset;  // slot 0 when !valid
-    cp_async_16(&stage.k[n][lane], p.k_cache + offset, valid);
-    cp_async_16(&stage.v[n][lane], p.v_cache + offset, valid);
+    if constexpr (sizeof(C) == 1) {
+      cp_async_8(&stage.k[n][lane], p.k_cache + offset, valid);
+      cp_async_8(&stage.v[n][lane], p.v_cache + offset, valid);
+    } else {
+      cp_async_16(&stage.k[n][lane], p.k_cache + offset, valid);
+      cp_async_16(&stage.v[n][lane], p.v_cache + offset, valid);
+    }
   }
 }
 
@@ -189,13 +204,14 @@ __device__ __forceinline__ void scattered_softmax(const DecodeWork& w, int chunk
 }
 
 // Folds the chunk starting at chunk_begin (< key_end), already in `stage`, into the state.
-template <typename T, int kHeadDim, int kHeads>
+template <typename T, typename C, int kHeadDim, int kHeads>
 __device__ __forceinline__ void fold_chunk(
     const DecodeWork& w, int chunk_begin,
-    const ChunkStage<Layout<kHeadDim, kHeads>::kPasses>& stage, DecodeState<kHeads>& st) {
+    const ChunkStage<Layout<kHeadDim, kHeads>::kPasses, typename CacheWord<C>::type>& stage,
+    DecodeState<kHeads>& st) {
   using L = Layout<kHeadDim, kHeads>;
   const int lane = threadIdx.x % 32, key_group = lane / L::kLanesPerKey;
-  uint4 k_raw[L::kPasses], v_raw[L::kPasses];
+  typename CacheWord<C>::type k_raw[L::kPasses], v_raw[L::kPasses];
   bool valid[L::kPasses];
 #pragma unroll
   for (int n = 0; n < L::kPasses; ++n) {
@@ -263,17 +279,17 @@ __device__ __forceinline__ void fold_chunk(
 }
 
 // Cache slot of `key`, or 0 (never read) at or past key_end.
-template <typename T>
-__device__ __forceinline__ int slot_of(const PagedAttentionParams<T>& p, const int32_t* table,
-                                       int key, int key_end) {
+template <typename Params>
+__device__ __forceinline__ int slot_of(const Params& p, const int32_t* table, int key,
+                                       int key_end) {
   return key < key_end ? table[key / p.block_size] * p.block_size + key % p.block_size : 0;
 }
 
-template <typename T, int kHeadDim, int kHeads>
+template <typename T, typename C, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
-    paged_decode_kernel(const PagedAttentionParams<T> p) {
+    paged_decode_kernel(const PagedAttentionParams<T, C> p) {
   using L = Layout<kHeadDim, kHeads>;
-  using Stage = ChunkStage<L::kPasses>;
+  using Stage = ChunkStage<L::kPasses, typename CacheWord<C>::type>;
   // The stages (kStages per warp) and, after the loop, the cross-warp reduction share memory.
   struct Reduction {
     float max_s[kWarps][kHeads], sum_s[kWarps][kHeads];
@@ -286,7 +302,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   Reduction& red = *reinterpret_cast<Reduction*>(smem);
 
   DecodeWork w;
-  if (!plan_decode<T, kHeads>(p, w)) return;  // uniform across the CTA
+  if (!plan_decode<kHeads>(p, w)) return;  // uniform across the CTA
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane % L::kLanesPerKey;
 
@@ -322,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     const int chunk_begin = first_chunk + s * kStride;
     const int slot = lane_slot(chunk_begin);
     if (chunk_begin < w.key_end)
-      issue_chunk<T, kHeadDim, kHeads>(p, w, chunk_begin, slot, stages[warp][s]);
+      issue_chunk<T, C, kHeadDim, kHeads>(p, w, chunk_begin, slot, stages[warp][s]);
     cp_async_commit();
   }
   int next_slot = lane_slot(first_chunk + (kStages - 1) * kStride);
@@ -332,12 +348,12 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
     const int ahead_stage =
         stage == 0 ? kStages - 1 : stage - 1;  // (stage + kStages - 1) % kStages
     if (ahead < w.key_end) {
-      issue_chunk<T, kHeadDim, kHeads>(p, w, ahead, next_slot, stages[warp][ahead_stage]);
+      issue_chunk<T, C, kHeadDim, kHeads>(p, w, ahead, next_slot, stages[warp][ahead_stage]);
     }
     cp_async_commit();  // possibly empty, so that "all but the newest kStages - 1" is this chunk
     next_slot = lane_slot(ahead + kStride);
     cp_async_wait<kStages - 1>();
-    fold_chunk<T, kHeadDim, kHeads>(w, chunk_begin, stages[warp][stage], st);
+    fold_chunk<T, C, kHeadDim, kHeads>(w, chunk_begin, stages[warp][stage], st);
     stage = stage == kStages - 1 ? 0 : stage + 1;
   }
   cp_async_wait<0>();
@@ -390,6 +406,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
       sum += weight * red.sum_s[i][h];
       out += weight * red.acc_s[i][h][d];
     }
+    out *= p.v_scale;  // cached V is stored value * v_scale; the merge of splits is linear
     const int64_t head = w.head_begin + h;
     if (p.partial_out == nullptr) {
       // The new token sees its own key, so sum > 0.

@@ -24,6 +24,10 @@
 // counted from each sequence's end and the grid is ordered by that rank, so the tiles with the
 // most keys (every sequence's last) start first and short ones fill the tail.
 //
+// An fp8 cache (C = __nv_fp8_e4m3) lands in a 2-stage ring of raw fp8 tiles instead; each tile is
+// widened (exactly) into one stage of T tiles that the MMAs read as usual, at the cost of a second
+// barrier per tile. The k scale is folded into the softmax scale, the v scale into the output.
+//
 // NOTE: like the decode kernel it trusts the device metadata, and never reads a cache slot at or
 // past seq_len (such keys are zero-filled in shared memory, so masked scores meet zeros, not NaN).
 
@@ -43,12 +47,13 @@ constexpr int kBlockM = kWarps * kRowsPerWarp;      // (token, head) rows per CT
 constexpr int kBlockN = 64;                         // keys per K/V tile
 constexpr int kKeysPerWarpCopy = kBlockN / kWarps;  // keys whose copies one warp issues
 
-template <typename T>
+// T: the compute dtype; C: the cache's (T, or __nv_fp8_e4m3).
+template <typename T, typename C = T>
 struct PrefillParams {
   T* out;                          // [T, Hq, D]
   const T* q;                      // [T, Hq, D]
-  const T* k_cache;                // [num_blocks, block_size, Hk, D]
-  const T* v_cache;                // [num_blocks, block_size, Hk, D]
+  const C* k_cache;                // [num_blocks, block_size, Hk, D]
+  const C* v_cache;                // [num_blocks, block_size, Hk, D]
   const int32_t* query_start_loc;  // [B + 1] prefix sums of query lengths
   const int32_t* seq_lens;         // [B] context length after this step
   const int32_t* block_table;      // [B, max_blocks_per_seq]
@@ -58,19 +63,40 @@ struct PrefillParams {
   int queries_per_tile;  // new tokens per CTA: kBlockM / heads_per_cta
   bool has_window;
   int window;        // <= 2^30, so position arithmetic cannot overflow
-  float scale_log2;  // softmax scale * log2(e), > 0: the raw-score max is the scaled max
+  float scale_log2;  // softmax scale * k scale * log2(e), > 0: the raw-score max is the scaled max
+  float v_scale;     // the cache's v scale, applied to the output
 };
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kStageCount = 2>
 struct PrefillShared {
   // 16 bytes of padding per row: the 8 row addresses of an ldmatrix phase (and the 8 rows of an
   // output fragment store) fall in distinct banks.
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kRowBytes = kStride * int(sizeof(T));
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kStageCount;
   T q[kBlockM][kStride];  // the tile's Q rows; each warp's rows are reused for its output
   T k[kStages][kBlockN][kStride];
   T v[kStages][kBlockN][kStride];
+};
+
+// An fp8 cache's tiles as copied (unpadded: only the widening pass reads them, 16 bytes per
+// thread, row by row), two stages.
+template <int kHeadDim>
+struct RawKvStages {
+  uint8_t k[2][kBlockN][kHeadDim];
+  uint8_t v[2][kBlockN][kHeadDim];
+};
+
+// The kernel's shared memory: two stages of T tiles for a cache in T; for an fp8 cache one stage
+// of T tiles and the raw ring (at D = 128: 100 KB, against 102 KB in T; 2 CTAs per SM either way).
+template <typename T, typename C, int kHeadDim>
+struct PrefillSmem {
+  PrefillShared<T, kHeadDim> tiles;
+};
+template <typename T, int kHeadDim>
+struct PrefillSmem<T, __nv_fp8_e4m3, kHeadDim> {
+  PrefillShared<T, kHeadDim, 1> tiles;
+  alignas(16) RawKvStages<kHeadDim> raw;
 };
 
 // Registers and occupancy: at D = 128 a thread holds 128 fp32 of O and 64 of S, so 2 CTAs (8
@@ -90,8 +116,8 @@ struct PrefillWork {
 // False when this rank has no tile in the CTA's sequence. blockIdx.x = (rank, seq, kv head, head
 // chunk), rank slowest; rank r covers the sequence's new tokens
 // [num_new - (r + 1) * queries_per_tile, num_new - r * queries_per_tile), clipped at 0.
-template <typename T>
-__device__ __forceinline__ bool plan_prefill(const PrefillParams<T>& p, PrefillWork& w) {
+template <typename Params>
+__device__ __forceinline__ bool plan_prefill(const Params& p, PrefillWork& w) {
   const int heads_per_seq = p.num_kv_heads * p.num_head_chunks;
   const int ctas_per_rank = p.num_seqs * heads_per_seq;
   const int rank = blockIdx.x / ctas_per_rank;
@@ -119,9 +145,8 @@ __device__ __forceinline__ bool plan_prefill(const PrefillParams<T>& p, PrefillW
 // Calls copy(row, piece, src, valid) for each 16-byte piece of the tile's Q rows, spread over
 // the CTA's kCtaThreads threads: src is where the piece starts in q. Rows past the tile's tokens or
 // the chunk's heads are not valid (src is q itself; the copy zero-fills them).
-template <typename T, int kHeadDim, int kCtaThreads, typename Copy>
-__device__ __forceinline__ void for_each_q_piece(const PrefillParams<T>& p, const PrefillWork& w,
-                                                 Copy copy) {
+template <typename T, int kHeadDim, int kCtaThreads, typename Params, typename Copy>
+__device__ __forceinline__ void for_each_q_piece(const Params& p, const PrefillWork& w, Copy copy) {
   constexpr int kChunks = kHeadDim / 8;  // 16-byte pieces of a row
   for (int e = threadIdx.x; e < kBlockM * kChunks; e += kCtaThreads) {
     const int row = e / kChunks, piece = e % kChunks;
@@ -137,8 +162,8 @@ __device__ __forceinline__ void for_each_q_piece(const PrefillParams<T>& p, cons
 }
 
 // Copies the tile's Q rows into shared memory, zero-filling the rows that are not valid.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillWork& w,
+template <typename T, int kHeadDim, typename Params>
+__device__ __forceinline__ void load_q(const Params& p, const PrefillWork& w,
                                        T (*q_s)[PrefillShared<T, kHeadDim>::kStride]) {
   for_each_q_piece<T, kHeadDim, kThreads>(p, w, [&](int row, int piece, const T* src, bool valid) {
     cp_async_16(&q_s[row][piece * 8], src, valid);
@@ -147,8 +172,8 @@ __device__ __forceinline__ void load_q(const PrefillParams<T>& p, const PrefillW
 
 // In lane i < kKeysPerWarp: the cache slot of key tile_begin + warp * kKeysPerWarp + i, or 0
 // (never read) outside [key_begin, key_end).
-template <int kKeysPerWarp, typename T>
-__device__ __forceinline__ int lookup_slot(const PrefillParams<T>& p, const PrefillWork& w,
+template <int kKeysPerWarp, typename Params>
+__device__ __forceinline__ int lookup_slot(const Params& p, const PrefillWork& w,
                                            const int32_t* table, int tile_begin) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int key = tile_begin + warp * kKeysPerWarp + lane;
@@ -159,17 +184,20 @@ __device__ __forceinline__ int lookup_slot(const PrefillParams<T>& p, const Pref
 // Starts the copy of keys [tile_begin, tile_begin + kBlockN) of the CTA's kv head into one
 // stage. Warp w copies keys w * kKeysPerWarpCopy.. of the tile, kHeadDim / 8 lanes per key;
 // `slot` is lookup_slot's result for this tile. Keys outside [key_begin, key_end) are zero-filled.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void issue_kv_tile(const PrefillParams<T>& p, const PrefillWork& w,
-                                              int tile_begin, int slot,
-                                              T (*k_s)[PrefillShared<T, kHeadDim>::kStride],
-                                              T (*v_s)[PrefillShared<T, kHeadDim>::kStride]) {
-  constexpr int kChunks = kHeadDim / 8;
+// C is the cache's type: T into the padded T tiles, or fp8 bytes into a raw stage (kDstStride:
+// the destination's elements per row).
+template <typename T, typename C, int kHeadDim, int kDstStride>
+__device__ __forceinline__ void issue_kv_tile(const PrefillParams<T, C>& p, const PrefillWork& w,
+                                              int tile_begin, int slot, C (*k_s)[kDstStride],
+                                              C (*v_s)[kDstStride]) {
+  constexpr int kElems = 16 / int(sizeof(C));  // per 16-byte piece
+  constexpr int kChunks = kHeadDim / kElems;
   constexpr int kKeysPerPass = 32 / kChunks;
+  static_assert(32 % kChunks == 0 && kKeysPerWarpCopy % kKeysPerPass == 0, "whole keys per pass");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int piece = lane % kChunks;
   const int64_t slot_stride = int64_t(p.num_kv_heads) * kHeadDim;
-  const int64_t head_offset = int64_t(w.kv_head) * kHeadDim + piece * 8;
+  const int64_t head_offset = int64_t(w.kv_head) * kHeadDim + piece * kElems;
 #pragma unroll
   for (int n = 0; n < kKeysPerWarpCopy / kKeysPerPass; ++n) {
     const int index = lane / kChunks + n * kKeysPerPass;  // key within the warp's share
@@ -178,8 +206,40 @@ __device__ __forceinline__ void issue_kv_tile(const PrefillParams<T>& p, const P
     const int key = tile_begin + key_in_tile;
     const bool valid = key >= w.key_begin && key < w.key_end;
     const int64_t offset = key_slot * slot_stride + head_offset;  // slot 0 when !valid
-    cp_async_16(&k_s[key_in_tile][piece * 8], p.k_cache + offset, valid);
-    cp_async_16(&v_s[key_in_tile][piece * 8], p.v_cache + offset, valid);
+    cp_async_16(&k_s[key_in_tile][piece * kElems], p.k_cache + offset, valid);
+    cp_async_16(&v_s[key_in_tile][piece * kElems], p.v_cache + offset, valid);
+  }
+}
+
+// Widens one raw fp8 stage into the T tiles, 16 values per thread per step (exact: every e4m3
+// value is a bf16 and a half). Zero-filled keys stay zero.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void widen_kv_tile(const uint8_t (*raw_k)[kHeadDim],
+                                              const uint8_t (*raw_v)[kHeadDim],
+                                              T (*k_s)[PrefillShared<T, kHeadDim>::kStride],
+                                              T (*v_s)[PrefillShared<T, kHeadDim>::kStride]) {
+  constexpr int kPiecesPerRow = kHeadDim / 16;
+  for (int e = threadIdx.x; e < kBlockN * kPiecesPerRow; e += kThreads) {
+    const int key = e / kPiecesPerRow, col = e % kPiecesPerRow * 16;
+#pragma unroll
+    for (int which = 0; which < 2; ++which) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(&(which ? raw_v : raw_k)[key][col]);
+      T* dst = &(which ? v_s : k_s)[key][col];
+      float x[16];
+      widen8(make_uint2(raw.x, raw.y), *reinterpret_cast<float (*)[8]>(&x[0]));
+      widen8(make_uint2(raw.z, raw.w), *reinterpret_cast<float (*)[8]>(&x[8]));
+      uint4 lo, hi;
+      lo.x = pack_pair<T>(x[0], x[1]);
+      lo.y = pack_pair<T>(x[2], x[3]);
+      lo.z = pack_pair<T>(x[4], x[5]);
+      lo.w = pack_pair<T>(x[6], x[7]);
+      hi.x = pack_pair<T>(x[8], x[9]);
+      hi.y = pack_pair<T>(x[10], x[11]);
+      hi.z = pack_pair<T>(x[12], x[13]);
+      hi.w = pack_pair<T>(x[14], x[15]);
+      reinterpret_cast<uint4*>(dst)[0] = lo;
+      reinterpret_cast<uint4*>(dst)[1] = hi;
+    }
   }
 }
 
@@ -224,9 +284,9 @@ __device__ __forceinline__ void compute_scores(uint32_t q_address, uint32_t k_ad
 // Sets the scores of keys a row must not see to -inf: keys past its position, and with a window
 // keys at or before position - window. Rows' positions are recomputed here (only boundary tiles
 // need them) rather than held in registers across the loop.
-template <typename T>
-__device__ __forceinline__ void mask_scores(const PrefillParams<T>& p, const PrefillWork& w,
-                                            int tile_begin, float (&s)[2][kBlockN / 8][4]) {
+template <typename Params>
+__device__ __forceinline__ void mask_scores(const Params& p, const PrefillWork& w, int tile_begin,
+                                            float (&s)[2][kBlockN / 8][4]) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
@@ -324,8 +384,8 @@ __device__ __forceinline__ void accumulate_pv(uint32_t v_address,
 
 // Normalizes the warp's rows, stages them (as T) in the warp's own Q rows, and writes the valid
 // ones out with 16-byte stores.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void write_output(const PrefillParams<T>& p, const PrefillWork& w,
+template <typename T, int kHeadDim, typename Params>
+__device__ __forceinline__ void write_output(const Params& p, const PrefillWork& w,
                                              RowState<kHeadDim>& st,
                                              T (*q_s)[PrefillShared<T, kHeadDim>::kStride]) {
   constexpr int kChunks = kHeadDim / 8;
@@ -336,7 +396,7 @@ __device__ __forceinline__ void write_output(const PrefillParams<T>& p, const Pr
     float sum = st.sum_exp[i];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    inv_sum[i] = sum > 0.0f ? 1.0f / sum : 0.0f;  // 0 only in rows that are not written
+    inv_sum[i] = sum > 0.0f ? p.v_scale / sum : 0.0f;  // 0 only in rows that are not written
   }
   __syncwarp();  // every lane's ldmatrix reads of these Q rows are done
 #pragma unroll
@@ -367,13 +427,16 @@ __device__ __forceinline__ void write_output(const PrefillParams<T>& p, const Pr
   }
 }
 
-template <typename T, int kHeadDim>
+template <typename T, typename C, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
-    paged_prefill_kernel(const PrefillParams<T> p) {
-  using Shared = PrefillShared<T, kHeadDim>;
+    paged_prefill_kernel(const PrefillParams<T, C> p) {
+  using Smem = PrefillSmem<T, C, kHeadDim>;
+  using Shared = decltype(Smem::tiles);
+  constexpr bool kFp8 = sizeof(C) == 1;
   static_assert(kHeadDim % 16 == 0 && 32 % (kHeadDim / 8) == 0, "a warp copies whole keys");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Shared& sh = *reinterpret_cast<Shared*>(smem_raw);
+  Smem& smem = *reinterpret_cast<Smem*>(smem_raw);
+  Shared& sh = smem.tiles;
 
   PrefillWork w;
   if (!plan_prefill(p, w)) return;  // uniform across the CTA
@@ -413,24 +476,41 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
   const int unmasked_begin =
       p.has_window ? w.key_end - p.window : 0;  // tile_begin >= this (last pos - window + 1)
 
+  // Where tile `it`'s copies land: the T tiles' stage it % 2, or an fp8 cache's raw stage it % 2.
+  const auto issue = [&](int tile_begin, int slot, int stage) {
+    if constexpr (kFp8) {
+      issue_kv_tile<T, C, kHeadDim, kHeadDim>(p, w, tile_begin, slot,
+                                              reinterpret_cast<C(*)[kHeadDim]>(smem.raw.k[stage]),
+                                              reinterpret_cast<C(*)[kHeadDim]>(smem.raw.v[stage]));
+    } else {
+      issue_kv_tile<T, C, kHeadDim, Shared::kStride>(p, w, tile_begin, slot, sh.k[stage],
+                                                     sh.v[stage]);
+    }
+  };
   load_q<T, kHeadDim>(p, w, sh.q);
   int slot = lookup_slot<kKeysPerWarpCopy>(p, w, table, tile_last * kBlockN);
-  issue_kv_tile<T, kHeadDim>(p, w, tile_last * kBlockN, slot, sh.k[0], sh.v[0]);
+  issue(tile_last * kBlockN, slot, 0);
   cp_async_commit();
   if (num_tiles > 1) slot = lookup_slot<kKeysPerWarpCopy>(p, w, table, (tile_last - 1) * kBlockN);
 
   for (int it = 0; it < num_tiles; ++it) {
     const int tile_begin = (tile_last - it) * kBlockN;
-    const int stage = it & 1;
+    const int copy_stage = it & 1;
     cp_async_wait<0>();
     __syncthreads();  // tile `it` visible to all warps; all are done with the other stage
-    if (it + 1 < num_tiles) {
-      issue_kv_tile<T, kHeadDim>(p, w, tile_begin - kBlockN, slot, sh.k[stage ^ 1],
-                                 sh.v[stage ^ 1]);
-    }
+    if (it + 1 < num_tiles) issue(tile_begin - kBlockN, slot, copy_stage ^ 1);
     cp_async_commit();
     if (it + 2 < num_tiles)
       slot = lookup_slot<kKeysPerWarpCopy>(p, w, table, tile_begin - 2 * kBlockN);
+    // The MMAs read T stage it % 2, or an fp8 cache's single T stage, filled here from the raw
+    // stage that just landed: every warp is past the barrier above, so done reading the last
+    // tile's T stage (and widening the raw stage the copy just issued overwrites).
+    int stage = copy_stage;
+    if constexpr (kFp8) {
+      widen_kv_tile<T, kHeadDim>(smem.raw.k[copy_stage], smem.raw.v[copy_stage], sh.k[0], sh.v[0]);
+      __syncthreads();
+      stage = 0;
+    }
     if (!warp_has_rows) continue;
     float s[2][kBlockN / 8][4];
     compute_scores<T, kHeadDim>(q_address, k_address + stage * kStageBytes, s);

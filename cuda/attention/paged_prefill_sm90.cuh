@@ -223,7 +223,7 @@ __device__ __forceinline__ void write_output(const PrefillParams<T>& p, const Pr
     const int row = first_row + lane / 4 + 8 * half;
     const int token = row / p.heads_per_cta, head = row % p.heads_per_cta;
     if (token >= w.num_queries || head >= w.num_heads) continue;
-    const float inv_sum = 1.0f / sum;  // the row sees its own key: sum > 0
+    const float inv_sum = p.v_scale / sum;  // the row sees its own key: sum > 0
     T* dst = p.out +
              ((int64_t(w.token_begin) + token) * p.num_q_heads + w.head_begin + head) * kHeadDim +
              (lane % 4) * 2;

@@ -185,13 +185,14 @@ void CudaBackend::rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm
                                  const AttentionMetadata& meta, KVCacheLayer cache) {
   use_device();
   cuda::rope_and_cache(q_out, qkv, qk_norm, cos_sin, meta.positions, meta.slot_mapping, cache.k,
-                       cache.v, stream_);
+                       cache.v, stream_, cache.scales);
 }
 
 void CudaBackend::attention(Tensor out, Tensor q, KVCacheLayer cache, const AttentionMetadata& meta,
                             float scale, std::optional<int> sliding_window) {
   use_device();
-  cuda::paged_attention(out, q, cache.k, cache.v, meta, scale, sliding_window, stream_);
+  cuda::paged_attention(out, q, cache.k, cache.v, meta, scale, sliding_window, stream_,
+                        cuda::PrefillKernel::kAuto, cache.scales);
 }
 
 void CudaBackend::silu_and_mul(Tensor out, Tensor x) {

@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -35,6 +36,7 @@ __device__ __forceinline__ void store_pack(T* p /*[N], aligned to the pack*/,
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_fp8_e4m3 x) { return static_cast<float>(x); }
 
 // Round to nearest even, as the host's float_to_bf16 / float_to_fp16 do.
 template <typename T>
@@ -50,6 +52,14 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) {
   return __float2half_rn(x);
+}
+// fp8 e4m3 (the KV cache's compact type): nearest even, saturating at +-448 (__NV_SATFINITE), as
+// the host's float_to_fp8_e4m3.
+template <>
+__device__ __forceinline__ __nv_fp8_e4m3 from_float<__nv_fp8_e4m3>(float x) {
+  __nv_fp8_e4m3 out;
+  out.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+  return out;
 }
 
 // Loads N elements of any float dtype widened to fp32. fp32 goes in 16-byte pieces when N is a

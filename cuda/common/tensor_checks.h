@@ -5,8 +5,9 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
-#include "backend/tensor.h"
+#include "backend/backend.h"
 
 namespace engine::cuda::arg_check {
 
@@ -41,6 +42,24 @@ inline void compute_dtype(const char* kernel, const char* arg, const Tensor& t) 
   if (t.dtype != DType::kBF16 && t.dtype != DType::kF16) {
     throw std::invalid_argument(describe(kernel, arg, t) +
                                 " must have a compute dtype: bfloat16 or float16");
+  }
+}
+
+// A KV cache in the compute dtype of `compute` (q or q_out), or fp8 e4m3; k and v alike; scales
+// positive and finite.
+inline void kv_cache(const char* kernel, const Tensor& compute, const Tensor& k_cache,
+                     const Tensor& v_cache, const KVCacheScales& scales) {
+  if (k_cache.dtype != compute.dtype && k_cache.dtype != DType::kFP8E4M3) {
+    throw std::invalid_argument(describe(kernel, "k_cache", k_cache) + " must have dtype " +
+                                dtype_name(compute.dtype) + " (the compute dtype) or " +
+                                dtype_name(DType::kFP8E4M3));
+  }
+  dtype(kernel, "v_cache", v_cache, k_cache.dtype);
+  for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
+    if (!(scale > 0.0f && scale <= 3.4e38f)) {
+      throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
+                                  std::to_string(scale) + " but must be positive and finite");
+    }
   }
 }
 

@@ -36,7 +36,7 @@ void check_no_overlap(const Tensor& q_out, const Tensor& qkv) {
 
 void check_shapes(const Tensor& q_out, const Tensor& qkv, const QKNorm* qk_norm,
                   const Tensor& cos_sin, const Tensor& positions, const Tensor& slot_mapping,
-                  const Tensor& k_cache, const Tensor& v_cache) {
+                  const Tensor& k_cache, const Tensor& v_cache, const KVCacheScales& scales) {
   const char* kn = kKernel;
   for (auto [name, t, rank] : {std::tuple{"q_out", &q_out, 3},
                                {"qkv", &qkv, 2},
@@ -48,9 +48,8 @@ void check_shapes(const Tensor& q_out, const Tensor& qkv, const QKNorm* qk_norm,
     arg_check::rank(kn, name, *t, rank);
   }
   arg_check::compute_dtype(kn, "q_out", q_out);
-  for (auto [name, t] : {std::pair{"qkv", &qkv}, {"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
-    arg_check::dtype(kn, name, *t, q_out.dtype);
-  }
+  arg_check::dtype(kn, "qkv", qkv, q_out.dtype);
+  arg_check::kv_cache(kn, q_out, k_cache, v_cache, scales);
   arg_check::dtype(kn, "cos_sin", cos_sin, DType::kF32);
   arg_check::dtype(kn, "positions", positions, DType::kI32);
   arg_check::dtype(kn, "slot_mapping", slot_mapping, DType::kI32);
@@ -94,8 +93,8 @@ bool all_aligned_16(const std::initializer_list<const Tensor*> tensors) {
 
 void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_sin,
                     Tensor positions, Tensor slot_mapping, Tensor k_cache, Tensor v_cache,
-                    cudaStream_t stream) {
-  check_shapes(q_out, qkv, qk_norm, cos_sin, positions, slot_mapping, k_cache, v_cache);
+                    cudaStream_t stream, KVCacheScales scales) {
+  check_shapes(q_out, qkv, qk_norm, cos_sin, positions, slot_mapping, k_cache, v_cache, scales);
   const int64_t num_tokens = q_out.size(0);
   const int num_q_heads = static_cast<int>(q_out.size(1));
   const int num_kv_heads = static_cast<int>(k_cache.size(2));
@@ -107,29 +106,39 @@ void rope_and_cache(Tensor q_out, Tensor qkv, const QKNorm* qk_norm, Tensor cos_
   const float* q_norm = qk_norm ? qk_norm->q_weight.ptr<const float>() : nullptr;
   const float* k_norm = qk_norm ? qk_norm->k_weight.ptr<const float>() : nullptr;
   const float eps = qk_norm ? qk_norm->eps : 0.0f;
-  const auto launch = [&]<typename T, int kVec>() {
+  // Reciprocals on the host, as the CPU backend takes them: both round the same products.
+  const float inv_k_scale = 1.0f / scales.k, inv_v_scale = 1.0f / scales.v;
+  const auto launch = [&]<typename T, typename C, int kVec>() {
     const int lanes = lanes_per_head(head_dim / 2 / kVec);
     const int64_t heads_per_warp = 32 / lanes;
     const int64_t num_warps =
         std::max((num_q_heads + num_kv_heads + heads_per_warp - 1) / heads_per_warp,
                  (int64_t(num_kv_heads) * head_dim / kVec + 31) / 32);
     const int threads = static_cast<int>(std::clamp<int64_t>(num_warps * 32, 32, kMaxThreads));
-    rope_and_cache_kernel<T, kVec><<<static_cast<unsigned>(num_tokens), threads, 0, stream>>>(
+    rope_and_cache_kernel<T, C, kVec><<<static_cast<unsigned>(num_tokens), threads, 0, stream>>>(
         q_out.ptr<T>(), qkv.ptr<const T>(), q_norm, k_norm, eps, cos_sin.ptr<const float>(),
-        positions.ptr<const int32_t>(), slot_mapping.ptr<const int32_t>(), k_cache.ptr<T>(),
-        v_cache.ptr<T>(), num_q_heads, num_kv_heads, head_dim, lanes);
+        positions.ptr<const int32_t>(), slot_mapping.ptr<const int32_t>(), k_cache.ptr<C>(),
+        v_cache.ptr<C>(), inv_k_scale, inv_v_scale, num_q_heads, num_kv_heads, head_dim, lanes);
   };
-  const auto dispatch = [&]<typename T>() {
+  // kVec: 16 bytes of T per access (8 bytes of an fp8 cache), or single elements.
+  const auto dispatch = [&]<typename T, typename C>() {
     if (vectorize) {
-      launch.template operator()<T, kPackElems<T>>();
+      launch.template operator()<T, C, kPackElems<T>>();
     } else {
-      launch.template operator()<T, 1>();
+      launch.template operator()<T, C, 1>();
+    }
+  };
+  const auto dispatch_cache = [&]<typename T>() {
+    if (k_cache.dtype == DType::kFP8E4M3) {
+      dispatch.template operator()<T, __nv_fp8_e4m3>();
+    } else {
+      dispatch.template operator()<T, T>();
     }
   };
   if (q_out.dtype == DType::kBF16) {
-    dispatch.template operator()<__nv_bfloat16>();
+    dispatch_cache.template operator()<__nv_bfloat16>();
   } else {
-    dispatch.template operator()<__half>();
+    dispatch_cache.template operator()<__half>();
   }
   EMBER_CUDA_CHECK_LAUNCH();
 }
