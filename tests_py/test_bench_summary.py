@@ -140,3 +140,29 @@ def test_throughput_roofline_adds_the_gemm_flops_and_the_kv_reads():
     row = next(r for r in rows if r.measure.endswith("of its roofline"))
     assert row.ratio == pytest.approx(100.0 * (gemm_s + kv_s) / 6)
     assert "s of GEMM flops" in row.reference
+
+
+def test_fp8_cache_cases_get_their_own_row_and_never_stand_for_bf16_ones():
+    report = kernels_report()
+    # engine_bench may list the fp8 cache's cases first: they must not answer the bf16 targets.
+    report["results"][:0] = [
+        {
+            "kernel": "attention decode, fp8 cache",
+            "shape": "batch 64, context 4096, 32/8 heads",
+            "gbps": 2000.0,
+        },
+        {
+            "kernel": "attention prefill (causal), fp8 cache",
+            "shape": "1 x 4096 tokens",
+            "tflops": 1,
+        },
+    ]
+    rows = {row.measure: row for row in bench_summary.kernel_rows(report)}
+    assert rows["decode attention, batch 64, context 4096 (GB/s of K+V)"].ratio == pytest.approx(
+        3400.0 / COPY_GBPS
+    )
+    prefill = rows["causal prefill attention, 4096 tokens, head dim 128 (TFLOP/s)"]
+    assert prefill.ratio == pytest.approx(400.0 / GEMM_TFLOPS)
+    fp8 = rows["decode attention, fp8 cache, batch 64, context 4096 (GB/s of K+V)"]
+    assert fp8.ratio == pytest.approx(2000.0 / COPY_GBPS)
+    assert fp8.target is None

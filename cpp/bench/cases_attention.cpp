@@ -40,16 +40,17 @@ struct AttentionBatch {
     return v;
   }
 
-  AttentionBatch(const ModelShape& m, std::vector<int> query_lens_, std::vector<int> contexts_)
+  AttentionBatch(const ModelShape& m, std::vector<int> query_lens_, std::vector<int> contexts_,
+                 DType cache_dtype = DType::kBF16)
       : query_lens(std::move(query_lens_)),
         contexts(std::move(contexts_)),
         num_tokens(sum(query_lens)),
         blocks_per_seq((max_of(contexts) + m.block_size - 1) / m.block_size),
         q(DType::kBF16, {num_tokens, m.num_q_heads, m.head_dim}),
         out(DType::kBF16, {num_tokens, m.num_q_heads, m.head_dim}),
-        k_cache(DType::kBF16, {int64_t(contexts.size()) * blocks_per_seq + 1, m.block_size,
-                               m.num_kv_heads, m.head_dim}),
-        v_cache(DType::kBF16, k_cache.t().shape),
+        k_cache(cache_dtype, {int64_t(contexts.size()) * blocks_per_seq + 1, m.block_size,
+                              m.num_kv_heads, m.head_dim}),
+        v_cache(cache_dtype, k_cache.t().shape),
         query_start_loc(upload_i32(prefix_sums(query_lens), {int64_t(contexts.size()) + 1})),
         seq_lens(upload_i32(std::vector<int32_t>(contexts.begin(), contexts.end()),
                             {int64_t(contexts.size())})),
@@ -86,14 +87,18 @@ struct AttentionBatch {
   }
 };
 
-void decode_case(Bench& bench, const ModelShape& m, int batch, int context) {
-  const std::string kernel = "attention decode";
+// cache_dtype: bf16, or fp8 e4m3 (kv_cache_dtype "fp8": half the bytes per step).
+void decode_case(Bench& bench, const ModelShape& m, int batch, int context,
+                 DType cache_dtype = DType::kBF16) {
+  const bool fp8 = cache_dtype == DType::kFP8E4M3;
+  const std::string kernel = fp8 ? "attention decode, fp8 cache" : "attention decode";
   const std::string shape =
       "batch " + std::to_string(batch) + ", context " + std::to_string(context) + ", 32/8 heads";
   if (!bench.selected(kernel, shape)) return;
-  AttentionBatch b(m, std::vector<int>(batch, 1), std::vector<int>(batch, context));
+  AttentionBatch b(m, std::vector<int>(batch, 1), std::vector<int>(batch, context), cache_dtype);
   const double us = bench.time_device_us([&] { b.run(m); });
-  const double kv_bytes = 2.0 * batch * context * m.num_kv_heads * m.head_dim * 2;
+  const double kv_bytes =
+      2.0 * batch * context * m.num_kv_heads * m.head_dim * double(dtype_size(cache_dtype));
   bench.add(kernel, shape, us, kv_bytes, 0, "GB/s of K+V read");
 }
 
@@ -101,9 +106,10 @@ void decode_case(Bench& bench, const ModelShape& m, int batch, int context) {
 // timed in TFLOP/s of the visible pairs only (the causal half of a fresh prefill).
 void prefill_case(Bench& bench, const ModelShape& m, const std::string& kernel,
                   const std::string& shape, std::vector<int> query_lens, std::vector<int> contexts,
-                  const std::string& note, cuda::PrefillKernel which = cuda::PrefillKernel::kAuto) {
+                  const std::string& note, cuda::PrefillKernel which = cuda::PrefillKernel::kAuto,
+                  DType cache_dtype = DType::kBF16) {
   if (!bench.selected(kernel, shape)) return;
-  AttentionBatch b(m, std::move(query_lens), std::move(contexts));
+  AttentionBatch b(m, std::move(query_lens), std::move(contexts), cache_dtype);
   const double us = bench.time_device_us([&] { b.run(m, which); });
   bench.add(kernel, shape, us, 0, b.flops(m), note);
 }
@@ -113,6 +119,9 @@ void prefill_case(Bench& bench, const ModelShape& m, const std::string& kernel,
 void bench_attention(Bench& bench, const ModelShape& m) {
   for (int context : {512, 4096})
     for (int batch : {1, 8, 64, 256}) decode_case(bench, m, batch, context);
+  for (int batch : {8, 64, 256}) decode_case(bench, m, batch, 4096, DType::kFP8E4M3);
+  prefill_case(bench, m, "attention prefill (causal), fp8 cache", "1 x 4096 tokens", {4096}, {4096},
+               "flops of the causal half", cuda::PrefillKernel::kAuto, DType::kFP8E4M3);
   const std::string causal = "attention prefill (causal)", note = "flops of the causal half";
   prefill_case(bench, m, causal, "1 x 4096 tokens", {4096}, {4096}, note);
   prefill_case(bench, m, causal, "8 x 512 tokens", std::vector<int>(8, 512),

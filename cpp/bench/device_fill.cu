@@ -2,6 +2,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <stdexcept>
 #include <string>
@@ -34,6 +35,8 @@ __global__ void fill_uniform_kernel(T* data,  // [n]
       data[i] = value;
     } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       data[i] = __float2bfloat16(value);
+    } else if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+      data[i] = __nv_fp8_e4m3(value);
     } else {
       data[i] = __float2half(value);
     }
@@ -73,9 +76,12 @@ void fill_uniform(Tensor t, uint64_t seed, float lo, float hi, cudaStream_t stre
     case DType::kF16:
       fill_uniform_kernel<<<blocks, kThreads, 0, stream>>>(t.ptr<__half>(), n, seed, lo, hi);
       break;
+    case DType::kFP8E4M3:
+      fill_uniform_kernel<<<blocks, kThreads, 0, stream>>>(t.ptr<__nv_fp8_e4m3>(), n, seed, lo, hi);
+      break;
     default:
       throw std::invalid_argument(std::string("fill_uniform: tensor is ") + dtype_name(t.dtype) +
-                                  " but must be float32, bfloat16 or float16");
+                                  " but must be float32, bfloat16, float16 or float8_e4m3fn");
   }
   EMBER_CUDA_CHECK_LAUNCH();
 }

@@ -51,9 +51,12 @@ def missing(measure: str, why: str) -> Row:
 
 
 def find_kernel(report: dict, kernel_words: tuple[str, ...], shape_pattern: str) -> dict | None:
-    """The engine_bench result whose kernel name holds every word and whose shape matches."""
+    """The engine_bench result whose kernel name holds every word and whose shape matches; an fp8
+    cache's variant only when "fp8" is one of the words."""
     for result in report.get("results", []):
         kernel = result.get("kernel", "")
+        if "fp8" in kernel and "fp8" not in kernel_words:
+            continue
         if all(w in kernel for w in kernel_words) and re.search(shape_pattern, result["shape"]):
             return result
     return None
@@ -95,6 +98,17 @@ def kernel_rows(kernels: dict | None) -> list[Row]:
                 f"GEMM {gemm:,.1f}",
                 found["tflops"] / gemm,
                 PREFILL_ATTENTION_TARGET,
+            )
+        )
+    found = find_kernel(kernels, ("attention", "decode", "fp8"), r"\bbatch 64\b.*\bcontext 4096\b")
+    if copy is not None and found is not None and found.get("gbps") is not None:
+        # No target: what the fp8 cache's decode streams (half the bytes of the bf16 row's).
+        rows.append(
+            Row(
+                "decode attention, fp8 cache, batch 64, context 4096 (GB/s of K+V)",
+                f"{found['gbps']:,.0f}",
+                f"copy {copy:,.0f}",
+                found["gbps"] / copy,
             )
         )
     return rows
