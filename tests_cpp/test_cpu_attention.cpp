@@ -209,7 +209,8 @@ TEST(CpuAttention, RejectsCachesItCannotRead) {
   EXPECT_EQ(message(k8.tensor, batch.v_cache.tensor, {}),
             "paged_attention: v_cache has dtype float32 but must be float8_e4m3fn");
   EXPECT_EQ(message(k8.tensor, k8.tensor, {0.0f, 1.0f}),
-            "paged_attention: scales.k is 0.000000 but must be positive and finite");
+            "paged_attention: scales.k is 0.000000 but must be positive and finite, with a finite "
+            "reciprocal");
 }
 
 TEST(CpuAttention, RejectsInconsistentMetadata) {

@@ -84,9 +84,15 @@ void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, con
   }
   check_dtype("v_cache", v_cache, k_cache.dtype);
   for (auto [name, value] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    if (!(value > 0.0f) || !std::isfinite(value)) {
-      fail(std::string(name) + " is " + std::to_string(value) + " but must be positive and finite");
+    if (!(value > 0.0f) || !std::isfinite(value) || !std::isfinite(1.0f / value)) {
+      fail(std::string(name) + " is " + std::to_string(value) +
+           " but must be positive and finite, with a finite reciprocal");
     }
+  }
+  // The kernels fold the k scale into the softmax scale.
+  if (!std::isfinite(scale * scales.k) || !(scale * scales.k > 0.0f)) {
+    fail("scale * scales.k is " + std::to_string(scale * scales.k) +
+         " but must be positive and finite");
   }
   for (int d = 0; d < 3; ++d) check_size("out", out, d, q.size(d), "same as q");
   for (int d = 0; d < 4; ++d) check_size("v_cache", v_cache, d, k_cache.size(d), "as k_cache");
@@ -361,13 +367,13 @@ void run_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, cons
   const bool wgmma =
       which == PrefillKernel::kWgmma ||
       (kAutoPicksWgmma && kCacheInT && which == PrefillKernel::kAuto && wgmma_available());
-  if (which == PrefillKernel::kWgmma && !wgmma_available()) {
-    fail("PrefillKernel::kWgmma needs an sm_90 device and a build with sm_90a code");
-  }
   if (which == PrefillKernel::kWgmma && !kCacheInT) {
     fail(
         "PrefillKernel::kWgmma reads a cache in the compute dtype only; an fp8 cache runs the "
         "mma.sync kernel (kAuto or kMmaSync)");
+  }
+  if (which == PrefillKernel::kWgmma && !wgmma_available()) {
+    fail("PrefillKernel::kWgmma needs an sm_90 device and a build with sm_90a code");
   }
   if constexpr (kCacheInT) {
     if (wgmma) {

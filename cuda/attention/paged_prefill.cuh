@@ -182,7 +182,7 @@ __device__ __forceinline__ int lookup_slot(const Params& p, const PrefillWork& w
 }
 
 // Starts the copy of keys [tile_begin, tile_begin + kBlockN) of the CTA's kv head into one
-// stage. Warp w copies keys w * kKeysPerWarpCopy.. of the tile, kHeadDim / 8 lanes per key;
+// stage. Warp w copies keys w * kKeysPerWarpCopy.. of the tile, one lane per 16 bytes of a key;
 // `slot` is lookup_slot's result for this tile. Keys outside [key_begin, key_end) are zero-filled.
 // C is the cache's type: T into the padded T tiles, or fp8 bytes into a raw stage (kDstStride:
 // the destination's elements per row).

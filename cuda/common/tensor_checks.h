@@ -2,6 +2,7 @@
 // Argument checks shared by the CUDA launchers. Each throws std::invalid_argument naming the
 // kernel, the argument, what it is and what it should be, before anything is launched.
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -56,9 +57,11 @@ inline void kv_cache(const char* kernel, const Tensor& compute, const Tensor& k_
   }
   dtype(kernel, "v_cache", v_cache, k_cache.dtype);
   for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    if (!(scale > 0.0f && scale <= 3.4e38f)) {
+    // The kernels multiply by the reciprocal.
+    if (!(scale > 0.0f) || !std::isfinite(scale) || !std::isfinite(1.0f / scale)) {
       throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
-                                  std::to_string(scale) + " but must be positive and finite");
+                                  std::to_string(scale) +
+                                  " but must be positive and finite, with a finite reciprocal");
     }
   }
 }
