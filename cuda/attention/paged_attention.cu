@@ -83,12 +83,7 @@ void check_inputs(const Tensor& out, const Tensor& q, const Tensor& k_cache, con
          dtype_name(q.dtype) + " (as q) or float8_e4m3fn");
   }
   check_dtype("v_cache", v_cache, k_cache.dtype);
-  for (auto [name, value] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    if (!(value > 0.0f) || !std::isfinite(value) || !std::isfinite(1.0f / value)) {
-      fail(std::string(name) + " is " + std::to_string(value) +
-           " but must be positive and finite, with a finite reciprocal");
-    }
-  }
+  check_kv_cache_scales("paged_attention", scales);
   // The kernels fold the k scale into the softmax scale.
   if (!std::isfinite(scale * scales.k) || !(scale * scales.k > 0.0f)) {
     fail("scale * scales.k is " + std::to_string(scale * scales.k) +

@@ -2,11 +2,9 @@
 // Argument checks shared by the CUDA launchers. Each throws std::invalid_argument naming the
 // kernel, the argument, what it is and what it should be, before anything is launched.
 
-#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <utility>
 
 #include "backend/backend.h"
 
@@ -56,14 +54,7 @@ inline void kv_cache(const char* kernel, const Tensor& compute, const Tensor& k_
                                 dtype_name(DType::kFP8E4M3));
   }
   dtype(kernel, "v_cache", v_cache, k_cache.dtype);
-  for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    // The kernels multiply by the reciprocal.
-    if (!(scale > 0.0f) || !std::isfinite(scale) || !std::isfinite(1.0f / scale)) {
-      throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
-                                  std::to_string(scale) +
-                                  " but must be positive and finite, with a finite reciprocal");
-    }
-  }
+  check_kv_cache_scales(kernel, scales);
 }
 
 inline void size(const char* kernel, const char* arg, const Tensor& t, int dim, int64_t expected,

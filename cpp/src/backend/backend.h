@@ -36,6 +36,10 @@ struct KVCacheScales {
   float v = 1.0f;
 };
 
+// Throws std::invalid_argument ("<kernel>: scales.k is ...") unless both scales are positive and
+// finite with finite reciprocals (cache writes multiply by the reciprocal).
+void check_kv_cache_scales(const char* kernel, const KVCacheScales& scales);
+
 // One layer's paged KV cache: the compute dtype, or fp8 e4m3 (kv_cache_dtype "fp8").
 struct KVCacheLayer {
   Tensor k;  // [num_blocks, block_size, num_kv_heads, head_dim]

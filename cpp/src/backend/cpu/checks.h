@@ -2,12 +2,10 @@
 // Cheap argument checks shared by the CPU kernels. Each throws std::invalid_argument naming the
 // kernel, the argument, what it is and what it should be.
 
-#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
-#include <utility>
 
 #include "backend/backend.h"
 
@@ -38,14 +36,7 @@ inline void check_kv_cache(const char* kernel, const Tensor& k_cache, const Tens
                                 " but must be float32 or float8_e4m3fn");
   }
   check_dtype(kernel, "v_cache", v_cache, k_cache.dtype);
-  for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    // rope_and_cache multiplies by the reciprocal.
-    if (!(scale > 0.0f) || !std::isfinite(scale) || !std::isfinite(1.0f / scale)) {
-      throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
-                                  std::to_string(scale) +
-                                  " but must be positive and finite, with a finite reciprocal");
-    }
-  }
+  check_kv_cache_scales(kernel, scales);
 }
 
 inline void check_defined(const char* kernel, const char* arg, const Tensor& t) {
