@@ -553,6 +553,21 @@ TEST_F(CudaPagedAttention, GroupsNotDividingTheTile) {
     }
 }
 
+// Metadata of one sequence whose tensors all view `buf` (for argument checks: launches that
+// must be refused before they read anything).
+AttentionMetadata one_sequence_meta(const DeviceBuffer& buf, int max_query_len) {
+  const auto dev = DeviceType::kCuda;
+  AttentionMetadata meta;
+  meta.num_seqs = 1;
+  meta.max_query_len = max_query_len;
+  meta.max_seq_len = max_query_len;
+  meta.max_blocks_per_seq = 1;
+  meta.query_start_loc = Tensor(buf.get(), DType::kI32, {2}, dev);
+  meta.seq_lens = Tensor(buf.get(), DType::kI32, {1}, dev);
+  meta.block_table = Tensor(buf.get(), DType::kI32, {1, 1}, dev);
+  return meta;
+}
+
 // kv_cache_dtype fp8: decode (with and without splits), mixed batches through the mma.sync
 // kernel (per request bit-exact too), windows, both dtypes and head dims, scales of 1 and not.
 TEST_F(CudaPagedAttention, Fp8CacheAgainstTheValuesItHolds) {
@@ -585,14 +600,7 @@ TEST_F(CudaPagedAttention, Fp8CacheAgainstTheValuesItHolds) {
 TEST_F(CudaPagedAttention, Fp8CacheRefusesTheWgmmaKernelAndBadScales) {
   const auto dev = DeviceType::kCuda;
   DeviceBuffer buf(1 << 20);
-  AttentionMetadata meta;
-  meta.num_seqs = 1;
-  meta.max_query_len = 2;
-  meta.max_seq_len = 2;
-  meta.max_blocks_per_seq = 1;
-  meta.query_start_loc = Tensor(buf.get(), DType::kI32, {2}, dev);
-  meta.seq_lens = Tensor(buf.get(), DType::kI32, {1}, dev);
-  meta.block_table = Tensor(buf.get(), DType::kI32, {1, 1}, dev);
+  const AttentionMetadata meta = one_sequence_meta(buf, /*max_query_len=*/2);
   const Tensor q(buf.get(), DType::kBF16, {2, 4, 64}, dev);
   const Tensor k8(buf.get(), DType::kFP8E4M3, {4, 16, 2, 64}, dev);
   try {
@@ -615,14 +623,7 @@ TEST_F(CudaPagedAttention, Fp8CacheRefusesTheWgmmaKernelAndBadScales) {
 TEST_F(CudaPagedAttention, RejectsBadShapesNamingTheTensor) {
   const auto dev = DeviceType::kCuda;
   DeviceBuffer buf(1 << 20);
-  AttentionMetadata meta;
-  meta.num_seqs = 1;
-  meta.max_query_len = 1;
-  meta.max_seq_len = 1;
-  meta.max_blocks_per_seq = 1;
-  meta.query_start_loc = Tensor(buf.get(), DType::kI32, {2}, dev);
-  meta.seq_lens = Tensor(buf.get(), DType::kI32, {1}, dev);
-  meta.block_table = Tensor(buf.get(), DType::kI32, {1, 1}, dev);
+  const AttentionMetadata meta = one_sequence_meta(buf, /*max_query_len=*/1);
   auto message_of = [&](Tensor out, Tensor q, Tensor k, Tensor v) -> std::string {
     try {
       paged_attention(out, q, k, v, meta, 1.0f, std::nullopt, nullptr);

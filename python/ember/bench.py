@@ -97,14 +97,13 @@ def describe_engine(engine) -> dict:
         "device": info.device,
         "device_name": device_name(info.device),
         "cuda_graph_batch_sizes": list(getattr(info, "cuda_graph_batch_sizes", [])),
-        "kv_cache_dtype": getattr(info, "kv_cache_dtype", None),
+        "kv_cache_dtype": info.kv_cache_dtype,
         "decode_weight_bytes": None,
         "model_shape": None,
     }
     if shape is not None:
         report["decode_weight_bytes"] = shape.pop("decode_weight_params") * bytes_per_value
-        fp8 = getattr(info, "kv_cache_dtype", None) == "float8_e4m3fn"
-        kv_bytes_per_value = 1 if fp8 else bytes_per_value
+        kv_bytes_per_value = 1 if info.kv_cache_dtype == "float8_e4m3fn" else bytes_per_value
         shape["kv_cache_bytes_per_token"] = shape.pop("kv_values_per_token") * kv_bytes_per_value
         report["model_shape"] = shape
     return report

@@ -20,12 +20,12 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
   uint64_t seed = 0;  // seeds requests that carry no seed of their own
-  // KV-cache size: num_kv_blocks when set, else kv_cache_memory_bytes (default 4 GiB on the
-  // CPU, as vLLM's CPU backend), capped at what max_num_seqs full-length requests can use.
   // The KV cache's element type. auto: the compute dtype; fp8 (= fp8_e4m3): float8 e4m3, half
   // the bytes of bf16 (twice the blocks, half the bytes each decode step reads), with K and V
   // scales of 1 (vLLM's default without calibrated scales): values past +-448 saturate.
   std::string kv_cache_dtype = "auto";
+  // KV-cache size: num_kv_blocks when set, else kv_cache_memory_bytes (default 4 GiB on the
+  // CPU, as vLLM's CPU backend), capped at what max_num_seqs full-length requests can use.
   std::optional<int64_t> num_kv_blocks;
   std::optional<int64_t> kv_cache_memory_bytes;
   // On a GPU, without num_kv_blocks or kv_cache_memory_bytes: the KV cache takes what is left

@@ -53,13 +53,17 @@ ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& con
                            config.max_num_seqs + config.max_num_batched_tokens);
 }
 
+DType ModelRunner::kv_cache_dtype() const {
+  return config_.kv_cache_dtype.value_or(backend_.compute_dtype());
+}
+
 int ModelRunner::max_block_table_width() const {
   return ceil_div(config_.max_model_len, config_.block_size) + 1;
 }
 
 void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
   const ModelConfig& mc = model_.config();
-  const DType dtype = config_.kv_cache_dtype.value_or(backend_.compute_dtype());
+  const DType dtype = kv_cache_dtype();
   const std::vector<int64_t> layer_shape{num_blocks, config_.block_size, mc.num_key_value_heads,
                                          mc.head_dim};
   const size_t layer_bytes = Tensor(nullptr, dtype, layer_shape).nbytes();
@@ -119,7 +123,7 @@ void ModelRunner::profile_run() {
   for (int s = 0; s < plan.shape.num_logits; ++s) host.logits_indices[s] = s;
 
   const ModelConfig& mc = model_.config();
-  const DType dtype = config_.kv_cache_dtype.value_or(backend_.compute_dtype());
+  const DType dtype = kv_cache_dtype();
   const std::vector<int64_t> shape{1, config_.block_size, mc.num_key_value_heads, mc.head_dim};
   Buffer k = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());
   Buffer v = backend_.allocate(Tensor(nullptr, dtype, shape).nbytes());

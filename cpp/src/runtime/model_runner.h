@@ -123,6 +123,7 @@ class ModelRunner {
   std::vector<PromptLogprobsChunk> collect_prompt_scores(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
+  DType kv_cache_dtype() const;  // config_'s, else the backend's compute dtype
 
   Backend& backend_;
   Model& model_;
