@@ -286,13 +286,14 @@ class HostMemoryBackend final : public Backend {
   [[noreturn]] static void unused() { throw std::logic_error("not a kernel backend"); }
 };
 
-// A tiny Llama: vocab 16, hidden 8, intermediate 12, 1 layer, 2 query heads, 1 kv head, D 4.
-ModelConfig tiny_config(const std::string& architecture, bool tied) {
+// A tiny Llama: vocab 16, hidden 8, intermediate 12, 1 layer (or more), 2 query heads, 1 kv
+// head, D 4.
+ModelConfig tiny_config(const std::string& architecture, bool tied, int num_layers = 1) {
   nlohmann::json json = {{"architectures", {architecture}},
                          {"vocab_size", 16},
                          {"hidden_size", 8},
                          {"intermediate_size", 12},
-                         {"num_hidden_layers", 1},
+                         {"num_hidden_layers", num_layers},
                          {"num_attention_heads", 2},
                          {"num_key_value_heads", 1},
                          {"tie_word_embeddings", tied},
@@ -310,31 +311,38 @@ std::vector<float> pattern(int64_t n, float base) {
 std::vector<RawTensor> tiny_checkpoint(const ModelConfig& c) {
   const int64_t h = c.hidden_size, i = c.intermediate_size, v = c.vocab_size;
   const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-  const std::string l = "model.layers.0.";
   std::vector<RawTensor> t = {
       bf16_tensor("model.embed_tokens.weight", {v, h}, pattern(v * h, 1)),
-      bf16_tensor(l + "input_layernorm.weight", {h}, pattern(h, 2)),
-      bf16_tensor(l + "self_attn.q_proj.weight", {q, h}, pattern(q * h, 3)),
-      bf16_tensor(l + "self_attn.k_proj.weight", {kv, h}, pattern(kv * h, 4)),
-      bf16_tensor(l + "self_attn.v_proj.weight", {kv, h}, pattern(kv * h, 5)),
-      bf16_tensor(l + "self_attn.o_proj.weight", {h, q}, pattern(h * q, 6)),
-      bf16_tensor(l + "post_attention_layernorm.weight", {h}, pattern(h, 7)),
-      bf16_tensor(l + "mlp.gate_proj.weight", {i, h}, pattern(i * h, 8)),
-      bf16_tensor(l + "mlp.up_proj.weight", {i, h}, pattern(i * h, 9)),
-      bf16_tensor(l + "mlp.down_proj.weight", {h, i}, pattern(h * i, 10)),
       bf16_tensor("model.norm.weight", {h}, pattern(h, 11)),
   };
   if (!c.tie_word_embeddings) {
     t.push_back(bf16_tensor("lm_head.weight", {v, h}, pattern(v * h, 12)));
   }
-  if (c.qkv_bias) {
-    t.push_back(bf16_tensor(l + "self_attn.q_proj.bias", {q}, pattern(q, 13)));
-    t.push_back(bf16_tensor(l + "self_attn.k_proj.bias", {kv}, pattern(kv, 14)));
-    t.push_back(bf16_tensor(l + "self_attn.v_proj.bias", {kv}, pattern(kv, 15)));
-  }
-  if (c.qk_norm) {
-    t.push_back(bf16_tensor(l + "self_attn.q_norm.weight", {c.head_dim}, pattern(c.head_dim, 16)));
-    t.push_back(bf16_tensor(l + "self_attn.k_norm.weight", {c.head_dim}, pattern(c.head_dim, 17)));
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string l = "model.layers." + std::to_string(layer) + ".";
+    for (RawTensor& tensor : std::vector<RawTensor>{
+             bf16_tensor(l + "input_layernorm.weight", {h}, pattern(h, 2)),
+             bf16_tensor(l + "self_attn.q_proj.weight", {q, h}, pattern(q * h, 3)),
+             bf16_tensor(l + "self_attn.k_proj.weight", {kv, h}, pattern(kv * h, 4)),
+             bf16_tensor(l + "self_attn.v_proj.weight", {kv, h}, pattern(kv * h, 5)),
+             bf16_tensor(l + "self_attn.o_proj.weight", {h, q}, pattern(h * q, 6)),
+             bf16_tensor(l + "post_attention_layernorm.weight", {h}, pattern(h, 7)),
+             bf16_tensor(l + "mlp.gate_proj.weight", {i, h}, pattern(i * h, 8)),
+             bf16_tensor(l + "mlp.up_proj.weight", {i, h}, pattern(i * h, 9)),
+             bf16_tensor(l + "mlp.down_proj.weight", {h, i}, pattern(h * i, 10))}) {
+      t.push_back(std::move(tensor));
+    }
+    if (c.qkv_bias) {
+      t.push_back(bf16_tensor(l + "self_attn.q_proj.bias", {q}, pattern(q, 13)));
+      t.push_back(bf16_tensor(l + "self_attn.k_proj.bias", {kv}, pattern(kv, 14)));
+      t.push_back(bf16_tensor(l + "self_attn.v_proj.bias", {kv}, pattern(kv, 15)));
+    }
+    if (c.qk_norm) {
+      t.push_back(
+          bf16_tensor(l + "self_attn.q_norm.weight", {c.head_dim}, pattern(c.head_dim, 16)));
+      t.push_back(
+          bf16_tensor(l + "self_attn.k_norm.weight", {c.head_dim}, pattern(c.head_dim, 17)));
+    }
   }
   return t;
 }
@@ -457,7 +465,11 @@ TEST(WeightLoading, ShapeMismatchNamesTensorAndShapes) {
   TempDir dir;
   ModelConfig config = tiny_config("LlamaForCausalLM", false);
   std::vector<RawTensor> tensors = tiny_checkpoint(config);
-  tensors[3] = bf16_tensor("model.layers.0.self_attn.k_proj.weight", {8, 8}, pattern(64, 4));
+  for (RawTensor& tensor : tensors) {
+    if (tensor.name == "model.layers.0.self_attn.k_proj.weight") {
+      tensor = bf16_tensor(tensor.name, {8, 8}, pattern(64, 4));
+    }
+  }
   write_bytes(dir.path() / "model.safetensors", encode_safetensors(tensors));
   HostMemoryBackend backend;
   try {
@@ -474,7 +486,7 @@ TEST(WeightLoading, MissingTensorIsNamed) {
   TempDir dir;
   ModelConfig config = tiny_config("LlamaForCausalLM", false);
   std::vector<RawTensor> tensors = tiny_checkpoint(config);
-  tensors.pop_back();  // lm_head.weight
+  std::erase_if(tensors, [](const RawTensor& t) { return t.name == "lm_head.weight"; });
   write_bytes(dir.path() / "model.safetensors", encode_safetensors(tensors));
   HostMemoryBackend backend;
   try {
@@ -495,6 +507,86 @@ TEST(WeightLoading, UnknownDtypeAndLoadFormat) {
   options.dtype = "auto";
   options.load_format = "gguf";
   EXPECT_THROW(load_decoder_weights(config, {}, options, backend), std::invalid_argument);
+}
+
+// The tiny checkpoint of `layers` layers plus `extra` tensors, loaded in its own dtype.
+DecoderWeights load_with(const std::vector<RawTensor>& extra, int layers = 1) {
+  TempDir dir;
+  ModelConfig config = tiny_config("LlamaForCausalLM", false, layers);
+  std::vector<RawTensor> tensors = tiny_checkpoint(config);
+  tensors.insert(tensors.end(), extra.begin(), extra.end());
+  write_bytes(dir.path() / "model.safetensors", encode_safetensors(tensors));
+  HostMemoryBackend backend;
+  return load_tiny(dir, config, "auto", backend);
+}
+
+void expect_scales(const std::vector<KVCacheScales>& scales,
+                   const std::vector<std::pair<float, float>>& expected) {
+  ASSERT_EQ(scales.size(), expected.size());
+  for (size_t i = 0; i < scales.size(); ++i) {
+    EXPECT_EQ(scales[i].k, expected[i].first) << "layer " << i;
+    EXPECT_EQ(scales[i].v, expected[i].second) << "layer " << i;
+  }
+}
+
+// The names quantizers write (llm-compressor, ModelOpt, a single kv_scale), shapes [] and [1],
+// any float dtype.
+TEST(KvCacheScales, ReadUnderEveryNameQuantizersWrite) {
+  const std::string a = "model.layers.0.self_attn.";
+  expect_scales(
+      load_with({f32_tensor(a + "k_scale", {}, {0.5f}), f32_tensor(a + "v_scale", {}, {0.25f})})
+          .kv_cache_scales,
+      {{0.5f, 0.25f}});
+  expect_scales(load_with({bf16_tensor(a + "k_proj.k_scale", {1}, {2.0f}),
+                           bf16_tensor(a + "v_proj.v_scale", {1}, {0.125f})})
+                    .kv_cache_scales,
+                {{2.0f, 0.125f}});
+  expect_scales(load_with({f32_tensor(a + "kv_scale", {}, {0.75f})}).kv_cache_scales,
+                {{0.75f, 0.75f}});
+  // One of the two alone stands for both.
+  expect_scales(load_with({f32_tensor(a + "v_scale", {}, {3.0f})}).kv_cache_scales, {{3.0f, 3.0f}});
+}
+
+TEST(KvCacheScales, NoneWithoutScaleTensorsOrWithDummyWeights) {
+  EXPECT_TRUE(load_with({}).kv_cache_scales.empty());
+  HostMemoryBackend backend;
+  LoadOptions options;
+  options.load_format = "dummy";
+  EXPECT_TRUE(load_decoder_weights(tiny_config("LlamaForCausalLM", false, 2), {}, options, backend)
+                  .kv_cache_scales.empty());
+}
+
+// A layer without scales gets 1 when another has some (vLLM's default for a missing scale).
+TEST(KvCacheScales, LayersWithoutScalesUseOne) {
+  const std::string a = "model.layers.1.self_attn.";
+  DecoderWeights w = load_with(
+      {f32_tensor(a + "k_scale", {1}, {0.5f}), f32_tensor(a + "v_scale", {1}, {4.0f})}, 2);
+  expect_scales(w.kv_cache_scales, {{1.0f, 1.0f}, {0.5f, 4.0f}});
+}
+
+TEST(KvCacheScales, BadScalesAreNamed) {
+  const std::string k = "model.layers.0.self_attn.k_scale";
+  const std::vector<std::pair<RawTensor, std::string>> cases = {
+      {f32_tensor(k, {}, {-0.5f}), "K/V cache scale '" + k +
+                                       "' is -0.500000 but must be "
+                                       "positive and finite, with a finite reciprocal"},
+      {f32_tensor(k, {}, {0.0f}), "is 0.000000 but must be positive"},
+      {f32_tensor(k, {}, {INFINITY}), "is inf but must be positive"},
+      {f32_tensor(k, {}, {1e-39f}), "with a finite reciprocal"},  // 1 / denormal overflows
+      {f32_tensor(k, {2}, {0.5f, 0.5f}), "weight '" + k +
+                                             "' must be one float32, bfloat16 or "
+                                             "float16 value (shape [] or [1]), got dtype float32 "
+                                             "and shape [2]"},
+      {{k, "I32", {}, {1, 0, 0, 0}}, "got dtype int32 and shape []"},
+  };
+  for (const auto& [tensor, message] : cases) {
+    try {
+      load_with({tensor});
+      ADD_FAILURE() << "expected an error containing: " << message;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(DummyWeights, FiniteRightShapesSeeded) {

@@ -104,7 +104,8 @@ void bind_outputs(py::module_& m) {
       .def_readonly("num_kv_blocks", &ModelInfo::num_kv_blocks)
       .def_readonly("block_size", &ModelInfo::block_size)
       .def_readonly("cuda_graph_batch_sizes", &ModelInfo::cuda_graph_batch_sizes)
-      .def_readonly("kv_cache_dtype", &ModelInfo::kv_cache_dtype);
+      .def_readonly("kv_cache_dtype", &ModelInfo::kv_cache_dtype)
+      .def_readonly("calibrated_kv_cache_scales", &ModelInfo::calibrated_kv_cache_scales);
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
       .def_readonly("num_waiting", &EngineStats::num_waiting)

@@ -29,6 +29,8 @@ struct ModelInfo {
   int block_size = 0;
   std::vector<int> cuda_graph_batch_sizes;  // decode batch sizes with a captured graph
   std::string kv_cache_dtype;  // the cache's element type: "bfloat16", "float8_e4m3fn", ...
+  // Whether the fp8 cache uses the checkpoint's calibrated per-layer K/V scales (else 1).
+  bool calibrated_kv_cache_scales = false;
 };
 
 struct EngineStats {

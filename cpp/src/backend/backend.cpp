@@ -7,9 +7,13 @@
 
 namespace engine {
 
+bool is_valid_kv_cache_scale(float scale) {
+  return scale > 0.0f && std::isfinite(scale) && std::isfinite(1.0f / scale);
+}
+
 void check_kv_cache_scales(const char* kernel, const KVCacheScales& scales) {
   for (auto [name, scale] : {std::pair{"scales.k", scales.k}, std::pair{"scales.v", scales.v}}) {
-    if (!(scale > 0.0f) || !std::isfinite(scale) || !std::isfinite(1.0f / scale)) {
+    if (!is_valid_kv_cache_scale(scale)) {
       throw std::invalid_argument(std::string(kernel) + ": " + name + " is " +
                                   std::to_string(scale) +
                                   " but must be positive and finite, with a finite reciprocal");

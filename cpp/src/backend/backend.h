@@ -36,8 +36,9 @@ struct KVCacheScales {
   float v = 1.0f;
 };
 
-// Throws std::invalid_argument ("<kernel>: scales.k is ...") unless both scales are positive and
-// finite with finite reciprocals (cache writes multiply by the reciprocal).
+// A usable scale is positive and finite with a finite reciprocal (cache writes multiply by it).
+bool is_valid_kv_cache_scale(float scale);
+// Throws std::invalid_argument ("<kernel>: scales.k is ...") unless both scales are valid.
 void check_kv_cache_scales(const char* kernel, const KVCacheScales& scales);
 
 // One layer's paged KV cache: the compute dtype, or fp8 e4m3 (kv_cache_dtype "fp8").

@@ -165,10 +165,10 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
 
   const DType kv_cache_dtype =
       config_.kv_cache_dtype == "auto" ? backend_->compute_dtype() : DType::kFP8E4M3;
-  RunnerConfig runner_config{config_.block_size,         config_.max_num_batched_tokens,
-                             config_.max_num_seqs,       max_model_len,
-                             model_config.eos_token_ids, !config_.enforce_eager,
-                             kv_cache_dtype};
+  RunnerConfig runner_config{
+      config_.block_size, config_.max_num_batched_tokens, config_.max_num_seqs,
+      max_model_len,      model_config.eos_token_ids,     !config_.enforce_eager,
+      kv_cache_dtype};
   runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
   // NOTE: on a GPU a forward at the full token budget runs before the KV cache is sized, so the
   // cache gets only what that step leaves (vLLM's profiling run); the CPU's is sized by config.
@@ -197,7 +197,8 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
                     num_blocks,
                     config_.block_size,
                     runner_->decode_graph_batch_sizes(),
-                    dtype_name(kv_cache_dtype)};
+                    dtype_name(kv_cache_dtype),
+                    runner_->uses_calibrated_kv_cache_scales()};
 }
 
 void Engine::Impl::validate_request(const std::vector<int>& prompt,

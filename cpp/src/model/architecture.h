@@ -22,6 +22,11 @@ struct DecoderWeightNames {
   std::string o_proj = "self_attn.o_proj";
   std::string q_norm = "self_attn.q_norm.weight";
   std::string k_norm = "self_attn.k_norm.weight";
+  // An fp8 cache's calibrated scales, as llm-compressor writes them; ModelOpt's sit under
+  // k_proj/v_proj (".k_scale", ".v_scale"), and older checkpoints hold one kv_scale for both.
+  std::string k_scale = "self_attn.k_scale";
+  std::string v_scale = "self_attn.v_scale";
+  std::string kv_scale = "self_attn.kv_scale";
   std::string post_attention_norm = "post_attention_layernorm.weight";
   std::string gate_proj = "mlp.gate_proj";
   std::string up_proj = "mlp.up_proj";

@@ -32,6 +32,9 @@ class DecoderModel final : public Model {
   }
 
   const ModelConfig& config() const override { return config_; }
+  const std::vector<KVCacheScales>& kv_cache_scales() const override {
+    return weights_.kv_cache_scales;
+  }
   void allocate_workspace(int max_num_tokens, int max_num_logits) override;
   void forward(const ForwardInputs& inputs, const std::vector<KVCacheLayer>& kv_cache,
                Tensor logits) override;

@@ -1,5 +1,8 @@
 #include "model/decoder_weights.h"
 
+#include <algorithm>
+#include <stdexcept>
+
 namespace engine {
 namespace {
 
@@ -61,6 +64,50 @@ DecoderLayerWeights load_layer(WeightLoader& loader, const ModelConfig& config,
   return w;
 }
 
+// The first of `names` (after prefix) the checkpoint holds, checked as a K/V cache scale.
+std::optional<float> first_kv_cache_scale(WeightLoader& loader, const std::string& prefix,
+                                          const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    const std::optional<float> scale = loader.optional_scalar(prefix + name);
+    if (!scale) continue;
+    if (!is_valid_kv_cache_scale(*scale)) {
+      throw std::runtime_error("K/V cache scale '" + prefix + name + "' is " +
+                               std::to_string(*scale) +
+                               " but must be positive and finite, with a finite reciprocal");
+    }
+    return scale;
+  }
+  return std::nullopt;
+}
+
+// One layer's calibrated K/V cache scales under any of the names quantizers write; nullopt
+// when it has none. One of the two alone stands for both, as a single kv_scale does.
+std::optional<KVCacheScales> load_kv_cache_scales(WeightLoader& loader,
+                                                  const DecoderWeightNames& names,
+                                                  const std::string& prefix) {
+  const std::optional<float> k = first_kv_cache_scale(
+      loader, prefix, {names.k_scale, names.k_proj + ".k_scale", names.kv_scale});
+  const std::optional<float> v = first_kv_cache_scale(
+      loader, prefix, {names.v_scale, names.v_proj + ".v_scale", names.kv_scale});
+  if (!k && !v) return std::nullopt;
+  return KVCacheScales{k ? *k : *v, v ? *v : *k};
+}
+
+std::vector<KVCacheScales> load_all_kv_cache_scales(WeightLoader& loader, const ModelConfig& config,
+                                                    const DecoderWeightNames& names) {
+  std::vector<std::optional<KVCacheScales>> found;
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    found.push_back(
+        load_kv_cache_scales(loader, names, names.layer_prefix + std::to_string(layer) + "."));
+  }
+  if (std::none_of(found.begin(), found.end(), [](const auto& s) { return s.has_value(); })) {
+    return {};
+  }
+  std::vector<KVCacheScales> scales;
+  for (const auto& layer_scales : found) scales.push_back(layer_scales.value_or(KVCacheScales{}));
+  return scales;
+}
+
 }  // namespace
 
 DecoderWeights load_decoder_weights(const ModelConfig& config, const DecoderWeightNames& names,
@@ -77,6 +124,7 @@ DecoderWeights load_decoder_weights(const ModelConfig& config, const DecoderWeig
   Tensor lm_head = config.tie_word_embeddings ? weights.embed_tokens
                                               : loader.matrix(names.lm_head, {vocab, hidden});
   weights.lm_head = std::make_unique<DenseLinear>(lm_head, std::nullopt);
+  weights.kv_cache_scales = load_all_kv_cache_scales(loader, config, names);
   weights.storage = loader.release();
   return weights;
 }

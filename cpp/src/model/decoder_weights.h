@@ -29,7 +29,10 @@ struct DecoderWeights {
   std::vector<DecoderLayerWeights> layers;
   Tensor final_norm;                      // [H] f32
   std::unique_ptr<LinearMethod> lm_head;  // [V, H]; embed_tokens when tied
-  WeightStorage storage;                  // keeps the memory of every tensor above alive
+  // The checkpoint's calibrated fp8 K/V cache scales, one per layer (1 where a layer has none),
+  // or empty when no layer has any.
+  std::vector<KVCacheScales> kv_cache_scales;
+  WeightStorage storage;  // keeps the memory of every tensor above alive
 };
 
 DecoderWeights load_decoder_weights(const ModelConfig& config, const DecoderWeightNames& names,

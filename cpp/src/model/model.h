@@ -27,6 +27,8 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
+  // The checkpoint's calibrated fp8 K/V cache scales, one per layer, or empty when it has none.
+  virtual const std::vector<KVCacheScales>& kv_cache_scales() const = 0;
   // Allocates activation buffers for up to max_num_tokens tokens per step and max_num_logits
   // logits rows. Called once before forward.
   virtual void allocate_workspace(int max_num_tokens, int max_num_logits) = 0;

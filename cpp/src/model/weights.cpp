@@ -208,6 +208,17 @@ Tensor WeightLoader::stacked_fp32_vectors(const std::vector<StackedPart>& parts)
   return upload(values, DType::kF32, {size});
 }
 
+std::optional<float> WeightLoader::optional_scalar(const std::string& name) {
+  if (!contains(name)) return std::nullopt;
+  Tensor tensor = checkpoint_->get(name);
+  if (tensor.numel() != 1 || tensor.shape.size() > 1 || !is_float_dtype(tensor.dtype)) {
+    throw std::runtime_error("weight '" + name + "' must be one float32, bfloat16 or float16 " +
+                             "value (shape [] or [1]), got dtype " + dtype_name(tensor.dtype) +
+                             " and shape " + tensor.shape_string());
+  }
+  return read_as_float(tensor.data, tensor.dtype, 0);
+}
+
 WeightStorage WeightLoader::release() {
   WeightStorage storage{checkpoint_, std::move(buffers_)};
   buffers_.clear();

@@ -52,6 +52,10 @@ class WeightLoader {
   // fp32 vectors concatenated in the order given (q, k, v biases): [sum of num_rows]. Dummy
   // values are random, each part's from its own name as fp32_vector's.
   Tensor stacked_fp32_vectors(const std::vector<StackedPart>& parts);
+  // A per-tensor scalar the checkpoint may hold (an fp8 cache's calibrated K/V scale): nullopt
+  // when it has no tensor of that name (and for dummy weights). Throws std::runtime_error
+  // naming the tensor unless it is one float32, bfloat16 or float16 value (shape [] or [1]).
+  std::optional<float> optional_scalar(const std::string& name);
 
   WeightStorage release();
 

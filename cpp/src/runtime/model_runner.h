@@ -44,7 +44,11 @@ class ModelRunner {
   // One forward over max_num_batched_tokens tokens (and max_num_seqs logits rows) on a
   // one-block scratch cache, so every workspace the largest step needs exists afterwards.
   void profile_run();
+  // An fp8 cache takes the checkpoint's calibrated K/V scales where it has them (scale 1
+  // otherwise); a cache in the compute dtype always uses 1, as vLLM's does.
   void allocate_kv_cache(int64_t num_blocks);
+  // Whether the cache allocate_kv_cache() made uses the checkpoint's calibrated scales.
+  bool uses_calibrated_kv_cache_scales() const;
   // Captures the decode graphs (nothing when graphs are off or unsupported). Needs the cache.
   void capture_decode_graphs();
   std::vector<int> decode_graph_batch_sizes() const { return graphs_.batch_sizes(); }
