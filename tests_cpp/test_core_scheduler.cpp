@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 namespace engine {
@@ -185,6 +186,35 @@ TEST(Scheduler, PreemptsLatestArrivalAndResumesItAsNewSequence) {
   EXPECT_EQ(h.request(2).num_cached_tokens, 0);
   EXPECT_EQ(h.scheduler.stats().num_prefix_cache_queries, 14);
   EXPECT_EQ(h.scheduler.stats().num_prefix_cache_hits, 0);
+}
+
+// (seq id, num computed, num scheduled) of each scheduled sequence.
+std::vector<std::tuple<SeqId, int, int>> chunks(const SchedulerOutput& out) {
+  std::vector<std::tuple<SeqId, int, int>> result;
+  for (const ScheduledSequence& s : out.scheduled) {
+    result.emplace_back(s.seq_id, s.num_computed_tokens, s.num_scheduled_tokens);
+  }
+  return result;
+}
+
+// At most 5 prompt tokens a step of sequences that score their prompt; the rest of the token
+// budget goes to the others, and a scored prompt waiting behind the cap is not skipped.
+TEST(Scheduler, CapsScoredPromptTokensPerStep) {
+  SchedulerConfig c = config(16);
+  c.max_num_prompt_logprob_tokens = 5;
+  Harness h(64, c);
+  SamplingParams scored = max_tokens(4);
+  scored.prompt_logprobs = 0;
+  h.add(1, 12, scored);
+  h.add(2, 4, max_tokens(4));
+  h.add(3, 6, scored);
+  h.add(4, 3, max_tokens(4));
+  using Chunks = std::vector<std::tuple<SeqId, int, int>>;
+  EXPECT_EQ(chunks(h.step()), (Chunks{{1, 0, 5}, {2, 0, 4}}));  // 3 waits at the cap, 4 behind
+  EXPECT_EQ(chunks(h.step()), (Chunks{{1, 5, 5}, {2, 4, 1}}));
+  EXPECT_EQ(chunks(h.step()), (Chunks{{1, 10, 2}, {2, 5, 1}, {3, 0, 3}, {4, 0, 3}}));
+  // Sequence 1 decodes now: its tokens are no longer scored prompt tokens.
+  EXPECT_EQ(chunks(h.step()), (Chunks{{1, 12, 1}, {2, 6, 1}, {3, 3, 3}, {4, 3, 1}}));
 }
 
 TEST(Scheduler, SequenceThatIsItsOwnVictimStopsRunningLoop) {

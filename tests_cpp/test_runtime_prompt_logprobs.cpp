@@ -110,6 +110,55 @@ TEST(PromptLogprobs, ChunkedPrefillACachedPrefixAndNGreaterThanOneChangeNothing)
   expect_same_scores(outputs[0].prompt_logprobs, expected[0].prompt_logprobs);
 }
 
+// 3 scored prompt tokens a step (the logits rows the engine reserves), the token budget of 256
+// shared with a plain request: the same scores in 17 chunks, the plain request unhindered.
+TEST(PromptLogprobs, ACapOnScoredTokensPerStepChunksThePromptAlike) {
+  const std::vector<int> prompt = prompt_of(50, 9);
+  Engine reference(tiny_config());
+  const auto expected = reference.generate({prompt}, {with_prompt_logprobs(2)});
+
+  EngineConfig config = tiny_config();
+  config.max_num_prompt_logprob_tokens = 3;
+  Engine engine(config);
+  engine.add_request("scored", prompt, with_prompt_logprobs(2));
+  engine.add_request("plain", prompt_of(40, 3), greedy(30));
+  std::vector<TokenLogprobs> scores;
+  size_t plain_tokens = 0;  // up to the step that brings the scores
+  while (engine.has_unfinished_requests()) {
+    const bool scored_before = !scores.empty();
+    for (const RequestOutput& output : engine.step()) {
+      if (output.request_id == "plain" && !scored_before) {
+        plain_tokens += output.outputs.at(0).token_ids.size();
+      } else if (output.request_id == "scored" && !output.prompt_logprobs.empty()) {
+        scores = output.prompt_logprobs;
+      }
+    }
+  }
+  expect_same_scores(scores, expected[0].prompt_logprobs);
+  // 50 prompt tokens, 3 a step: the 17th step samples; the plain request, whose 40-token
+  // prompt took one step, had a token from each of them.
+  EXPECT_EQ(plain_tokens, 17u);
+}
+
+TEST(PromptLogprobs, TheCapMustFitTheTokenBudget) {
+  EngineConfig config = tiny_config(true, 16);
+  config.max_num_prompt_logprob_tokens = 17;
+  EXPECT_THROW(
+      {
+        try {
+          Engine engine(config);
+        } catch (const std::invalid_argument& e) {
+          EXPECT_STREQ(e.what(),
+                       "max_num_prompt_logprob_tokens must be in [1, max_num_batched_tokens = "
+                       "16], got 17");
+          throw;
+        }
+      },
+      std::invalid_argument);
+  config.max_num_prompt_logprob_tokens = 0;
+  EXPECT_THROW(Engine engine(config), std::invalid_argument);
+}
+
 TEST(PromptLogprobs, StepDeliversThemOnceWithTheFirstTokens) {
   Engine engine(tiny_config(/*enable_prefix_caching=*/false, /*max_num_batched_tokens=*/16));
   const std::vector<int> prompt = prompt_of(40, 3);

@@ -20,9 +20,15 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
   uint64_t seed = 0;  // seeds requests that carry no seed of their own
+  // Prompt tokens of requests that ask for prompt_logprobs computed per step: their logits
+  // rows live in a buffer reserved at start, before the KV cache takes its share, so scoring a
+  // prompt never allocates. Default: the rows 256 MiB of fp32 logits hold (523 with Llama-3's
+  // vocabulary of 128,256), at most max_num_batched_tokens; longer prompts are scored in chunks.
+  std::optional<int> max_num_prompt_logprob_tokens;
   // The KV cache's element type. auto: the compute dtype; fp8 (= fp8_e4m3): float8 e4m3, half
-  // the bytes of bf16 (twice the blocks, half the bytes each decode step reads), with K and V
-  // scales of 1 (vLLM's default without calibrated scales): values past +-448 saturate.
+  // the bytes of bf16 (twice the blocks, half the bytes each decode step reads), with the
+  // checkpoint's calibrated K/V scales where it has them, else 1 (vLLM's default): values past
+  // +-448 times the scale saturate.
   std::string kv_cache_dtype = "auto";
   // KV-cache size: num_kv_blocks when set, else kv_cache_memory_bytes (default 4 GiB on the
   // CPU, as vLLM's CPU backend), capped at what max_num_seqs full-length requests can use.

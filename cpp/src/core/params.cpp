@@ -96,6 +96,12 @@ void EngineConfig::validate() const {
   if (max_num_batched_tokens < 1) {
     fail("max_num_batched_tokens", max_num_batched_tokens, "at least 1");
   }
+  if (max_num_prompt_logprob_tokens && (*max_num_prompt_logprob_tokens < 1 ||
+                                        *max_num_prompt_logprob_tokens > max_num_batched_tokens)) {
+    const std::string allowed =
+        "in [1, max_num_batched_tokens = " + std::to_string(max_num_batched_tokens) + "]";
+    fail("max_num_prompt_logprob_tokens", *max_num_prompt_logprob_tokens, allowed.c_str());
+  }
   if (num_kv_blocks && *num_kv_blocks < 2) fail("num_kv_blocks", *num_kv_blocks, "at least 2");
   if (kv_cache_memory_bytes && *kv_cache_memory_bytes < 1) {
     fail("kv_cache_memory_bytes", *kv_cache_memory_bytes, "positive");

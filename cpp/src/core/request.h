@@ -49,6 +49,10 @@ struct Request {
   bool computes_prompt_logprobs() const {
     return params.prompt_logprobs.has_value() && sample_index == 0 && num_output_tokens() == 0;
   }
+  // The tokens it computes next are prompt positions whose logprobs it reports.
+  bool scores_prompt_next() const {
+    return computes_prompt_logprobs() && num_computed_tokens < num_prompt_tokens;
+  }
 };
 
 }  // namespace engine

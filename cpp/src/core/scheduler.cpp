@@ -65,15 +65,26 @@ SchedulerOutput Scheduler::schedule() {
   }
   finished_since_schedule_.clear();
 
-  int budget = config_.max_num_batched_tokens;
+  StepBudget budget{config_.max_num_batched_tokens, config_.max_num_prompt_logprob_tokens > 0
+                                                        ? config_.max_num_prompt_logprob_tokens
+                                                        : config_.max_num_batched_tokens};
   bool preempted = false;
   schedule_running(out, budget, preempted);
   // NOTE: after a preemption blocks are scarce; admitting waiting sequences now would only
   // lead to more preemptions next step.
   if (!preempted) schedule_waiting(out, budget);
-  out.total_num_scheduled_tokens = config_.max_num_batched_tokens - budget;
+  out.total_num_scheduled_tokens = config_.max_num_batched_tokens - budget.tokens;
   advance_scheduled(out);
   return out;
+}
+
+int Scheduler::StepBudget::allows(const Request& request) const {
+  return request.scores_prompt_next() ? std::min(tokens, prompt_logprob_tokens) : tokens;
+}
+
+void Scheduler::StepBudget::count(const Request& request, int num_tokens, int sign) {
+  tokens -= sign * num_tokens;
+  if (request.scores_prompt_next()) prompt_logprob_tokens -= sign * num_tokens;
 }
 
 // Counts the step's tokens as computed and its samples as pending now, so the next schedule()
@@ -93,12 +104,13 @@ bool Scheduler::finishes_by_length(const Request& request) const {
          request.num_tokens_with_pending() >= config_.max_model_len;
 }
 
-void Scheduler::schedule_running(SchedulerOutput& out, int& budget, bool& preempted) {
+void Scheduler::schedule_running(SchedulerOutput& out, StepBudget& budget, bool& preempted) {
   size_t i = 0;
-  while (i < running_.size() && budget > 0) {
+  while (i < running_.size() && budget.tokens > 0) {
     Request* request = running_[i];
     const int num_tokens = request->num_tokens_with_pending();
-    const int num_new = std::min(num_tokens - request->num_computed_tokens, budget);
+    const int num_new =
+        std::min(num_tokens - request->num_computed_tokens, budget.allows(*request));
     // NOTE: one step ahead at most: a second pending token waits for the first.
     const bool waits = request->num_pending_tokens > 1 ||
                        (request->num_pending_tokens == 1 && finishes_by_length(*request));
@@ -125,12 +137,12 @@ void Scheduler::schedule_running(SchedulerOutput& out, int& budget, bool& preemp
     scheduled.new_block_ids = std::move(*new_blocks);
     scheduled.sample = request->num_computed_tokens + num_new == num_tokens;
     out.scheduled.push_back(std::move(scheduled));
-    budget -= num_new;
+    budget.count(*request, num_new, 1);
     ++i;
   }
 }
 
-Request* Scheduler::preempt_lowest(SchedulerOutput& out, int& budget) {
+Request* Scheduler::preempt_lowest(SchedulerOutput& out, StepBudget& budget) {
   const bool by_priority = config_.policy == SchedulingPolicy::kPriority;
   auto key = [by_priority](const Request* r) {
     return std::make_tuple(by_priority ? r->params.priority : 0, r->arrival);
@@ -147,7 +159,7 @@ Request* Scheduler::preempt_lowest(SchedulerOutput& out, int& budget) {
       std::find_if(out.scheduled.begin(), out.scheduled.end(),
                    [victim](const ScheduledSequence& s) { return s.seq_id == victim->seq_id; });
   if (scheduled_it != out.scheduled.end()) {
-    budget += scheduled_it->num_scheduled_tokens;
+    budget.count(*victim, scheduled_it->num_scheduled_tokens, -1);
     out.scheduled.erase(scheduled_it);
   }
 
@@ -170,8 +182,8 @@ std::deque<Request*>::iterator Scheduler::next_waiting() {
   });
 }
 
-void Scheduler::schedule_waiting(SchedulerOutput& out, int& budget) {
-  while (!waiting_.empty() && budget > 0 &&
+void Scheduler::schedule_waiting(SchedulerOutput& out, StepBudget& budget) {
+  while (!waiting_.empty() && budget.tokens > 0 &&
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     auto it = next_waiting();
     Request& request = **it;
@@ -182,12 +194,12 @@ void Scheduler::schedule_waiting(SchedulerOutput& out, int& budget) {
     const ComputedBlocks hit = request.computes_prompt_logprobs()
                                    ? ComputedBlocks{}
                                    : kv_cache_.get_computed_blocks(request);
-    const int num_new = std::min(request.num_tokens() - hit.num_tokens, budget);
+    const int num_new = std::min(request.num_tokens() - hit.num_tokens, budget.allows(request));
     // NOTE: no skipping ahead: a later, smaller request must not starve the head.
-    if (!kv_cache_.allocate_slots(request, num_new, hit)) break;
+    if (num_new <= 0 || !kv_cache_.allocate_slots(request, num_new, hit)) break;
     waiting_.erase(it);
+    budget.count(request, num_new, 1);
     admit(request, hit, num_new, out);
-    budget -= num_new;
   }
 }
 

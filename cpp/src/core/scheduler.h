@@ -23,6 +23,9 @@ struct SchedulerConfig {
   int max_model_len = 2048;
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
   std::vector<int> eos_token_ids;
+  // Of the token budget, the most prompt tokens per step whose logprobs are reported (each one
+  // a logits row the runner holds); 0: the whole budget.
+  int max_num_prompt_logprob_tokens = 0;
 };
 
 // A sequence that advanced or finished in update_from_output (or was aborted).
@@ -70,13 +73,23 @@ class Scheduler {
   SchedulerStats stats() const;
 
  private:
-  void schedule_running(SchedulerOutput& out, int& budget, bool& preempted);
-  void schedule_waiting(SchedulerOutput& out, int& budget);
+  // What is left of a step's budgets: tokens, and of those, prompt tokens that are scored.
+  struct StepBudget {
+    int tokens = 0;
+    int prompt_logprob_tokens = 0;
+    // The most tokens `request` may compute within both.
+    int allows(const Request& request) const;
+    // `sign` 1 takes num_tokens of `request` from the budgets, -1 gives them back.
+    void count(const Request& request, int num_tokens, int sign);
+  };
+
+  void schedule_running(SchedulerOutput& out, StepBudget& budget, bool& preempted);
+  void schedule_waiting(SchedulerOutput& out, StepBudget& budget);
   void advance_scheduled(const SchedulerOutput& out);
   bool finishes_by_length(const Request& request) const;
   // Preempts the lowest-priority running sequence (un-scheduling it if it was scheduled in
   // `out`) and returns it.
-  Request* preempt_lowest(SchedulerOutput& out, int& budget);
+  Request* preempt_lowest(SchedulerOutput& out, StepBudget& budget);
   std::deque<Request*>::iterator next_waiting();
   void admit(Request& request, const ComputedBlocks& hit, int num_new, SchedulerOutput& out);
   // Appends the token; returns true when the sequence has finished.

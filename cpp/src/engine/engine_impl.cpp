@@ -148,6 +148,15 @@ std::pair<std::unique_ptr<Backend>, std::string> make_backend(const EngineConfig
   return {make_cpu_backend(config.num_threads), config.dtype};
 }
 
+// Scored prompt tokens per step: the config's, else as many logits rows as 256 MiB of fp32
+// hold (the buffer is reserved at start), within the token budget.
+int resolve_max_num_prompt_logprob_tokens(const EngineConfig& config, int vocab_size) {
+  if (config.max_num_prompt_logprob_tokens) return *config.max_num_prompt_logprob_tokens;
+  constexpr int64_t kPromptLogitsBytes = int64_t{256} << 20;
+  const int64_t rows = kPromptLogitsBytes / (int64_t{vocab_size} * int64_t{sizeof(float)});
+  return static_cast<int>(std::clamp<int64_t>(rows, 1, config.max_num_batched_tokens));
+}
+
 }  // namespace
 
 Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
@@ -165,10 +174,12 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
 
   const DType kv_cache_dtype =
       config_.kv_cache_dtype == "auto" ? backend_->compute_dtype() : DType::kFP8E4M3;
+  const int prompt_logprob_tokens =
+      resolve_max_num_prompt_logprob_tokens(config_, model_config.vocab_size);
   RunnerConfig runner_config{
       config_.block_size, config_.max_num_batched_tokens, config_.max_num_seqs,
       max_model_len,      model_config.eos_token_ids,     !config_.enforce_eager,
-      kv_cache_dtype};
+      kv_cache_dtype,     prompt_logprob_tokens};
   runner_ = std::make_unique<ModelRunner>(*backend_, *model_, runner_config);
   // NOTE: on a GPU a forward at the full token budget runs before the KV cache is sized, so the
   // cache gets only what that step leaves (vLLM's profiling run); the CPU's is sized by config.
@@ -182,8 +193,9 @@ Engine::Impl::Impl(const EngineConfig& config) : config_(config) {
   // so only the n samples of one request share (their prompt's) blocks.
   kv_cache_ = std::make_unique<KVCacheManager>(static_cast<int>(num_blocks), config_.block_size,
                                                /*enable_caching=*/true);
-  SchedulerConfig scheduler_config{config_.max_num_seqs, config_.max_num_batched_tokens,
-                                   max_model_len, config_.policy, model_config.eos_token_ids};
+  SchedulerConfig scheduler_config{
+      config_.max_num_seqs, config_.max_num_batched_tokens, max_model_len,
+      config_.policy,       model_config.eos_token_ids,     prompt_logprob_tokens};
   scheduler_ = std::make_unique<Scheduler>(scheduler_config, *kv_cache_);
   runner_->capture_decode_graphs();
   async_scheduling_ =

@@ -45,12 +45,17 @@ ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& con
               ceil_div(config.max_model_len, config.block_size) + 1,
               config.max_num_seqs + config.max_num_batched_tokens) {
   const ModelConfig& mc = model.config();
-  logits_buffer_ = backend.allocate(static_cast<size_t>(config.max_num_seqs) * mc.vocab_size *
+  logits_buffer_ = backend.allocate(static_cast<size_t>(max_logits_rows()) * mc.vocab_size *
                                     dtype_size(DType::kF32));
   sampler_ = make_logits_sampler(backend, config.max_num_seqs, mc.vocab_size);
-  // Logits rows: one per sampled sequence, plus one per prompt token scored for prompt logprobs.
-  model.allocate_workspace(config.max_num_batched_tokens,
-                           config.max_num_seqs + config.max_num_batched_tokens);
+  model.allocate_workspace(config.max_num_batched_tokens, max_logits_rows());
+}
+
+int ModelRunner::max_logits_rows() const {
+  const int scored = config_.max_num_prompt_logprob_tokens > 0
+                         ? config_.max_num_prompt_logprob_tokens
+                         : config_.max_num_batched_tokens;
+  return config_.max_num_seqs + scored;
 }
 
 DType ModelRunner::kv_cache_dtype() const {
@@ -140,26 +145,6 @@ void ModelRunner::profile_run() {
                    Tensor(v.data(), dtype, shape, backend_.device_type()), KVCacheScales{}});
   run_forward(plan, inputs_.upload(), scratch_cache, logits_buffer_.data());
   backend_.synchronize();
-}
-
-void* ModelRunner::logits_for(const StepPlan& plan) {
-  if (plan.num_prompt_rows == 0) return logits_buffer_.data();
-  const int64_t rows = plan.shape.num_logits;
-  if (rows > prompt_logits_rows_) {
-    // NOTE: grown to the next power of two (at most the step's bound), so a long prompt scored
-    // chunk by chunk reallocates a few times, not every step. Never captured by a graph.
-    const int64_t bound = int64_t{config_.max_num_seqs} + config_.max_num_batched_tokens;
-    int64_t grown = 1;
-    while (grown < rows) grown *= 2;
-    grown = std::min(grown, bound);
-    // A step in flight may still read the old buffer (its sampling and prompt scoring).
-    if (num_in_flight_ > 0) backend_.synchronize();
-    prompt_logits_buffer_ = Buffer();  // release first: the two need not fit together
-    prompt_logits_buffer_ =
-        backend_.allocate(static_cast<size_t>(grown) * model_.config().vocab_size * sizeof(float));
-    prompt_logits_rows_ = grown;
-  }
-  return prompt_logits_buffer_.data();
 }
 
 ModelRunner::StepPlan ModelRunner::padded_decode_plan(int batch_size) const {
@@ -407,7 +392,13 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
 
   const StepPlan plan = plan_step(scheduled);
   InFlightStep& step = steps_[(oldest_ + num_in_flight_) % 2];
-  void* logits = logits_for(plan);
+  if (plan.shape.num_logits > max_logits_rows()) {
+    throw std::logic_error("ModelRunner::launch: " + std::to_string(plan.shape.num_logits) +
+                           " logits rows but the buffer holds " +
+                           std::to_string(max_logits_rows()) +
+                           "; the scheduler caps scored prompt tokens per step");
+  }
+  void* logits = logits_buffer_.data();
   write_inputs(scheduled, plan, inputs_.begin(plan.shape), step);
   const DeviceStepArrays device = inputs_.upload();
   // Ids the step in flight samples become this step's inputs on the device, after its sampling.

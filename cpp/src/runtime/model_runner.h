@@ -32,6 +32,8 @@ struct RunnerConfig {
   bool use_cuda_graphs = true;     // where the backend supports graphs
   // The KV cache's element type: the backend's compute dtype when unset, or kFP8E4M3.
   std::optional<DType> kv_cache_dtype;
+  // Prompt tokens scored per step (the scheduler's cap); 0: max_num_batched_tokens.
+  int max_num_prompt_logprob_tokens = 0;
 };
 
 // Bytes of KV cache one block takes across all layers (K and V, in the cache's dtype).
@@ -117,8 +119,6 @@ class ModelRunner {
   void run_forward(const StepPlan& plan, const DeviceStepArrays& device,
                    const std::vector<KVCacheLayer>& cache, void* logits);
   StepPlan padded_decode_plan(int batch_size) const;
-  // The logits of a step: logits_buffer_, or for a step with prompt rows a buffer grown to fit.
-  void* logits_for(const StepPlan& plan);
   int num_prompt_rows(const ScheduledSequence& seq, const SequenceState& state) const;
   void write_prompt_rows(const SchedulerOutput& scheduled, const StepPlan& plan,
                          HostStepArrays host, int first_row, InFlightStep& step);
@@ -127,6 +127,8 @@ class ModelRunner {
   std::vector<PromptLogprobsChunk> collect_prompt_scores(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
+  // Logits rows a step may have: one per sampled sequence, one per scored prompt token.
+  int max_logits_rows() const;
   DType kv_cache_dtype() const;  // config_'s, else the backend's compute dtype
 
   Backend& backend_;
@@ -136,9 +138,9 @@ class ModelRunner {
   std::vector<Buffer> kv_buffers_;
   std::vector<KVCacheLayer> kv_cache_;
   StepInputs inputs_;
-  Buffer logits_buffer_;         // [max_num_seqs, vocab] f32; what graphs write
-  Buffer prompt_logits_buffer_;  // [rows, vocab] f32 for steps with prompt rows; grows
-  int64_t prompt_logits_rows_ = 0;
+  // [max_logits_rows(), vocab] f32, allocated before the KV cache: every step's sampled rows,
+  // then its scored prompt rows. Graphs write its first rows.
+  Buffer logits_buffer_;
   std::unique_ptr<LogitsSampler> sampler_;
   DecodeGraphs graphs_;
   InFlightStep steps_[2];  // the oldest in flight is steps_[oldest_]
