@@ -91,6 +91,15 @@ def hf_fp8_model():
     return load
 
 
+def check_greedy_matches(engine, reference_model, prompts, prompts_ids):
+    """Greedy tokens (vLLM's near-tie rule) and their logprobs against the reference model."""
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=5, ignore_eos=True)
+    ours = ember_sequences(engine.generate(prompts, params, use_tqdm=False))
+    reference = hf_greedy(reference_model, prompts_ids, MAX_TOKENS)
+    check_outputs_close(ours, reference)
+    check_logprobs_close(ours, reference, atol=LOGPROB_ATOL)
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_greedy_matches_hf_reading_fp8_kv(arch, tiny_checkpoint, hf_fp8_model):
     checkpoint = tiny_checkpoint(arch)
@@ -98,14 +107,21 @@ def test_greedy_matches_hf_reading_fp8_kv(arch, tiny_checkpoint, hf_fp8_model):
     prompts = mixed_prompts(tokenizer, len(tokenizer))
     engine = cpu_engine(checkpoint, kv_cache_dtype="fp8")
     assert engine.model_info.kv_cache_dtype == "float8_e4m3fn"
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=5, ignore_eos=True)
-    outputs = engine.generate(prompts, params, use_tqdm=False)
-    ours = ember_sequences(outputs)
-    reference = hf_greedy(
-        hf_fp8_model(checkpoint), [encode(tokenizer, p) for p in prompts], MAX_TOKENS
+    prompts_ids = [encode(tokenizer, p) for p in prompts]
+    check_greedy_matches(engine, hf_fp8_model(checkpoint), prompts, prompts_ids)
+
+
+def ember_prompt_token_logprobs(output, prompt_ids) -> torch.Tensor:
+    """The logprob ember reports for each prompt token after the first, in float64."""
+    positions = range(1, len(prompt_ids))
+    return torch.tensor(
+        [output.prompt_logprobs[i][prompt_ids[i]].logprob for i in positions], dtype=torch.float64
     )
-    check_outputs_close(ours, reference)
-    check_logprobs_close(ours, reference, atol=LOGPROB_ATOL)
+
+
+def reference_prompt_token_logprobs(reference, prompt_ids) -> torch.Tensor:
+    """The same from hf_prompt_logprobs' rows (row i scores token i + 1)."""
+    return torch.stack([reference[i - 1, prompt_ids[i]] for i in range(1, len(prompt_ids))])
 
 
 def test_prompt_logprobs_match_hf_reading_fp8_kv(tiny_checkpoint, hf_fp8_model, hf_model):
@@ -120,12 +136,9 @@ def test_prompt_logprobs_match_hf_reading_fp8_kv(tiny_checkpoint, hf_fp8_model, 
     (output,) = engine.generate({"prompt_token_ids": prompt_ids}, params, use_tqdm=False)
     fp8_reference = hf_prompt_logprobs(hf_fp8_model(checkpoint), prompt_ids)
     exact_reference = hf_prompt_logprobs(hf_model(checkpoint), prompt_ids)
-    positions = range(1, len(prompt_ids))
-    ours = torch.tensor(
-        [output.prompt_logprobs[i][prompt_ids[i]].logprob for i in positions], dtype=torch.float64
-    )
-    fp8 = torch.stack([fp8_reference[i - 1, prompt_ids[i]] for i in positions])
-    exact = torch.stack([exact_reference[i - 1, prompt_ids[i]] for i in positions])
+    ours = ember_prompt_token_logprobs(output, prompt_ids)
+    fp8 = reference_prompt_token_logprobs(fp8_reference, prompt_ids)
+    exact = reference_prompt_token_logprobs(exact_reference, prompt_ids)
     assert (ours - fp8).abs().max().item() <= LOGPROB_ATOL
     assert (exact - fp8).abs().max().item() > 5 * LOGPROB_ATOL
 
@@ -251,21 +264,13 @@ def test_calibrated_scales_match_hf_reading_the_same_fp8_kv(
     checkpoint = write_scaled_checkpoint(source, tmp_path / arch, scales)
     engine = cpu_engine(checkpoint, kv_cache_dtype="fp8")
     assert engine.model_info.calibrated_kv_cache_scales
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=5, ignore_eos=True)
-    ours = ember_sequences(engine.generate(prompts, params, use_tqdm=False))
-    reference = hf_greedy(hf_fp8_model(checkpoint), prompts_ids, MAX_TOKENS)
-    check_outputs_close(ours, reference)
-    check_logprobs_close(ours, reference, atol=LOGPROB_ATOL)
+    check_greedy_matches(engine, hf_fp8_model(checkpoint), prompts, prompts_ids)
 
 
 def prompt_logprob_errors(output, reference, prompt_ids) -> torch.Tensor:
     """|ember - reference| of each prompt token's logprob."""
-    positions = range(1, len(prompt_ids))
-    ours = torch.tensor(
-        [output.prompt_logprobs[i][prompt_ids[i]].logprob for i in positions], dtype=torch.float64
-    )
-    theirs = torch.stack([reference[i - 1, prompt_ids[i]] for i in positions])
-    return (ours - theirs).abs()
+    ours = ember_prompt_token_logprobs(output, prompt_ids)
+    return (ours - reference_prompt_token_logprobs(reference, prompt_ids)).abs()
 
 
 def test_calibrated_scales_keep_kv_beyond_the_fp8_range(

@@ -37,7 +37,7 @@ def test_greedy_on_gpu_matches_hf_on_gpu(arch, tiny_checkpoint, hf_model):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_prompt_logprobs_on_gpu_match_hf(arch, tiny_checkpoint, hf_model):
-    """Prompt logprobs from the GPU's logits rows (a step buffer of their own) against HF's
+    """Prompt logprobs from the GPU's logits rows (after the step's sampled rows) against HF's
     log_softmax in float32 on the same weights. bf16 activations on the GPU: 0.05 absolute."""
     torch = pytest.importorskip("torch")
     from ember import SamplingParams

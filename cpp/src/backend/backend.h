@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "backend/tensor.h"
 
@@ -38,6 +39,8 @@ struct KVCacheScales {
 
 // A usable scale is positive and finite with a finite reciprocal (cache writes multiply by it).
 bool is_valid_kv_cache_scale(float scale);
+// "<what> is <scale> but must be ...": the message for a scale is_valid_kv_cache_scale refuses.
+std::string invalid_kv_cache_scale_message(const std::string& what, float scale);
 // Throws std::invalid_argument ("<kernel>: scales.k is ...") unless both scales are valid.
 void check_kv_cache_scales(const char* kernel, const KVCacheScales& scales);
 

@@ -1,6 +1,5 @@
 #include "model/decoder_weights.h"
 
-#include <algorithm>
 #include <stdexcept>
 
 namespace engine {
@@ -71,9 +70,8 @@ std::optional<float> first_kv_cache_scale(WeightLoader& loader, const std::strin
     const std::optional<float> scale = loader.optional_scalar(prefix + name);
     if (!scale) continue;
     if (!is_valid_kv_cache_scale(*scale)) {
-      throw std::runtime_error("K/V cache scale '" + prefix + name + "' is " +
-                               std::to_string(*scale) +
-                               " but must be positive and finite, with a finite reciprocal");
+      throw std::runtime_error(
+          invalid_kv_cache_scale_message("K/V cache scale '" + prefix + name + "'", *scale));
     }
     return scale;
   }
@@ -95,16 +93,15 @@ std::optional<KVCacheScales> load_kv_cache_scales(WeightLoader& loader,
 
 std::vector<KVCacheScales> load_all_kv_cache_scales(WeightLoader& loader, const ModelConfig& config,
                                                     const DecoderWeightNames& names) {
-  std::vector<std::optional<KVCacheScales>> found;
-  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    found.push_back(
-        load_kv_cache_scales(loader, names, names.layer_prefix + std::to_string(layer) + "."));
-  }
-  if (std::none_of(found.begin(), found.end(), [](const auto& s) { return s.has_value(); })) {
-    return {};
-  }
   std::vector<KVCacheScales> scales;
-  for (const auto& layer_scales : found) scales.push_back(layer_scales.value_or(KVCacheScales{}));
+  bool any = false;
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const std::optional<KVCacheScales> layer_scales =
+        load_kv_cache_scales(loader, names, names.layer_prefix + std::to_string(layer) + ".");
+    any = any || layer_scales.has_value();
+    scales.push_back(layer_scales.value_or(KVCacheScales{}));
+  }
+  if (!any) scales.clear();
   return scales;
 }
 

@@ -72,8 +72,7 @@ void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
   const std::vector<int64_t> layer_shape{num_blocks, config_.block_size, mc.num_key_value_heads,
                                          mc.head_dim};
   const size_t layer_bytes = Tensor(nullptr, dtype, layer_shape).nbytes();
-  const std::vector<KVCacheScales>& calibrated = model_.kv_cache_scales();
-  const bool scaled = dtype == DType::kFP8E4M3 && !calibrated.empty();
+  const bool scaled = uses_calibrated_kv_cache_scales();
   kv_buffers_.clear();
   kv_cache_.clear();
   for (int layer = 0; layer < mc.num_hidden_layers; ++layer) {
@@ -81,7 +80,7 @@ void ModelRunner::allocate_kv_cache(int64_t num_blocks) {
     void* v = kv_buffers_.emplace_back(backend_.allocate(layer_bytes)).data();
     kv_cache_.push_back({Tensor(k, dtype, layer_shape, backend_.device_type()),
                          Tensor(v, dtype, layer_shape, backend_.device_type()),
-                         scaled ? calibrated.at(layer) : KVCacheScales{}});
+                         scaled ? model_.kv_cache_scales().at(layer) : KVCacheScales{}});
   }
 }
 
