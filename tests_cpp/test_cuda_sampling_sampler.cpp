@@ -402,6 +402,22 @@ TEST_F(CudaSampling, PenaltiesCountAPendingOutputOfThePreviousLaunch) {
   }
 }
 
+void expect_same_scores(const std::vector<TokenLogprobs>& got,
+                        const std::vector<TokenLogprobs>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t r = 0; r < want.size(); ++r) {
+    SCOPED_TRACE(testing::Message() << "row " << r);
+    EXPECT_EQ(got[r].token_id, want[r].token_id);
+    EXPECT_EQ(got[r].rank, want[r].rank);
+    EXPECT_NEAR(got[r].logprob, want[r].logprob, kLogprobTol);
+    ASSERT_EQ(got[r].top.size(), want[r].top.size());
+    for (size_t j = 0; j < want[r].top.size(); ++j) {
+      EXPECT_EQ(got[r].top[j].first, want[r].top[j].first) << "top " << j;
+      EXPECT_NEAR(got[r].top[j].second, want[r].top[j].second, kLogprobTol) << "top " << j;
+    }
+  }
+}
+
 // Prompt logprobs on the device against score_tokens (the CPU spec): random targets (a row's
 // best and worst tokens among them) and every top-N from 0 to 20, on distinct and on tied
 // logits, with two launches outstanding; then the arguments it refuses.
@@ -435,21 +451,9 @@ TEST_F(CudaSampling, ScoresMatchTheCpuSpec) {
           "outstanding");
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       for (int k = 0; k < 2; ++k) {
-        const std::vector<TokenLogprobs> got = sampler.collect_scores();
-        const std::vector<TokenLogprobs> want =
-            score_tokens(logits[k].data(), vocab_size, targets[k], num_top[k]);
-        ASSERT_EQ(got.size(), want.size());
-        for (int r = 0; r < kRows; ++r) {
-          SCOPED_TRACE(testing::Message() << "launch " << k << " row " << r);
-          EXPECT_EQ(got[r].token_id, want[r].token_id);
-          EXPECT_EQ(got[r].rank, want[r].rank);
-          EXPECT_NEAR(got[r].logprob, want[r].logprob, kLogprobTol);
-          ASSERT_EQ(got[r].top.size(), want[r].top.size());
-          for (size_t j = 0; j < want[r].top.size(); ++j) {
-            EXPECT_EQ(got[r].top[j].first, want[r].top[j].first) << "top " << j;
-            EXPECT_NEAR(got[r].top[j].second, want[r].top[j].second, kLogprobTol) << "top " << j;
-          }
-        }
+        SCOPED_TRACE(testing::Message() << "launch " << k);
+        expect_same_scores(sampler.collect_scores(),
+                           score_tokens(logits[k].data(), vocab_size, targets[k], num_top[k]));
       }
       expect_logic_error([&] { sampler.collect_scores(); }, "has been collected");
     }
@@ -480,6 +484,40 @@ TEST_F(CudaSampling, ScoresMatchTheCpuSpec) {
   EXPECT_THROW(sampler.launch_scores(device.tensor, ids, bad_tops, nullptr), std::invalid_argument);
   EXPECT_THROW(sampler.launch_scores(device.tensor, std::span(ids).first(1), tops, nullptr),
                std::invalid_argument);
+}
+
+// A sampler built for N scored rows holds buffers for two outstanding launch_scores of N rows at
+// the most logprobs (the runner's prompt-logprob cap): scoring them allocates nothing more. One
+// row past N grows the slot, and is still scored right.
+TEST_F(CudaSampling, ReservedScoreRowsNeedNoAllocation) {
+  constexpr int kScoreRows = 96, kVocab = 1000;
+  std::mt19937 rng(23);
+  cuda::GpuSampler sampler(4, kVocab, kScoreRows);
+  const size_t reserved = sampler.held_device_bytes();
+  for (int num_rows : {kScoreRows, kScoreRows + 1}) {
+    SCOPED_TRACE(testing::Message() << "rows " << num_rows);
+    std::vector<float> logits[2];
+    std::vector<int> targets[2];
+    const std::vector<int> num_top(num_rows, SamplingParams::kMaxLogprobs);
+    std::vector<DeviceTensor> device;
+    for (int k = 0; k < 2; ++k) {
+      logits[k] = random_logits(num_rows, kVocab, rng, 2.0f);
+      for (int r = 0; r < num_rows; ++r) targets[k].push_back(static_cast<int>(rng() % kVocab));
+      device.push_back(upload(logits[k], num_rows, kVocab));
+      sampler.launch_scores(device[k].tensor, targets[k], num_top, nullptr);
+    }
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (int k = 0; k < 2; ++k) {
+      expect_same_scores(sampler.collect_scores(),
+                         score_tokens(logits[k].data(), kVocab, targets[k], num_top));
+    }
+    if (num_rows == kScoreRows) {
+      EXPECT_EQ(sampler.held_device_bytes(), reserved);
+    } else {
+      EXPECT_GT(sampler.held_device_bytes(), reserved);
+    }
+  }
+  EXPECT_THROW(cuda::GpuSampler(4, kVocab, -1), std::invalid_argument);
 }
 
 // Host-measured time per call (uploads, kernel, the result copy and the stream sync).

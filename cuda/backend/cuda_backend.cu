@@ -210,8 +210,8 @@ namespace {
 // Samples on the device, on the backend's stream: only ids and logprobs reach the host.
 class CudaLogitsSampler final : public LogitsSampler {
  public:
-  CudaLogitsSampler(CudaBackend& backend, int max_rows, int vocab_size)
-      : backend_(backend), sampler_(max_rows, vocab_size) {}
+  CudaLogitsSampler(CudaBackend& backend, int max_rows, int max_score_rows, int vocab_size)
+      : backend_(backend), sampler_(max_rows, vocab_size, max_score_rows) {}
 
   void launch(const Tensor& logits, const std::vector<SamplingRow>& rows) override {
     sampler_.launch(logits, rows, backend_.stream());
@@ -256,13 +256,14 @@ class CudaLogitsSampler final : public LogitsSampler {
 }  // namespace cuda
 
 std::unique_ptr<LogitsSampler> make_cuda_logits_sampler(Backend& backend, int max_rows,
-                                                        int vocab_size) {
+                                                        int max_score_rows, int vocab_size) {
   auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(&backend);
   if (cuda_backend == nullptr) {
     throw std::logic_error(std::string("the CUDA sampler needs the CUDA backend, got ") +
                            backend.name());
   }
-  return std::make_unique<cuda::CudaLogitsSampler>(*cuda_backend, max_rows, vocab_size);
+  return std::make_unique<cuda::CudaLogitsSampler>(*cuda_backend, max_rows, max_score_rows,
+                                                   vocab_size);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device, DType compute_dtype) {

@@ -154,7 +154,16 @@ void grow_mirrored(char*& device, char*& host, size_t& capacity, size_t bytes) {
 
 }  // namespace
 
-GpuSampler::GpuSampler(int max_rows, int vocab_size) { reserve(max_rows, vocab_size); }
+GpuSampler::GpuSampler(int max_rows, int vocab_size, int max_score_rows) {
+  if (max_rows < 0 || vocab_size < 0 || max_score_rows < 0) {
+    throw std::invalid_argument("GpuSampler: max_rows " + std::to_string(max_rows) +
+                                ", vocab_size " + std::to_string(vocab_size) +
+                                " and max_score_rows " + std::to_string(max_score_rows) +
+                                " must not be negative");
+  }
+  reserve(max_rows, vocab_size);
+  reserve_scores(max_score_rows);
+}
 
 GpuSampler::~GpuSampler() { release(); }
 
@@ -201,6 +210,35 @@ void GpuSampler::reserve(int num_rows, int vocab_size) {
                          static_cast<size_t>(rows) * SamplingParams::kMaxLogprobs * 8;
   for (Slot& slot : slots_) {
     grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity, rows * sizeof(RowArgs));
+    grow_mirrored(slot.results, slot.results_host, slot.result_capacity, results);
+  }
+}
+
+size_t GpuSampler::held_device_bytes() const {
+  size_t bytes = static_cast<size_t>(capacity_rows_) * capacity_vocab_ *
+                 (sizeof(float) + sizeof(int) + sizeof(unsigned long long));
+  for (const Slot* slots : {slots_, score_slots_}) {
+    for (int i = 0; i < kNumSlots; ++i)
+      bytes += slots[i].upload_capacity + slots[i].result_capacity;
+  }
+  return bytes;
+}
+
+size_t GpuSampler::score_upload_bytes(int num_rows) {
+  return static_cast<size_t>(num_rows) * sizeof(sampling::ScoreArgs);
+}
+
+// [num_rows] RowResult, then [total_top] ids, then as many logprobs.
+size_t GpuSampler::score_result_bytes(int num_rows, int total_top) {
+  return align8(num_rows * sizeof(RowResult)) + static_cast<size_t>(total_top) * sizeof(int) +
+         static_cast<size_t>(total_top) * sizeof(float);
+}
+
+void GpuSampler::reserve_scores(int num_rows) {
+  const size_t upload = score_upload_bytes(num_rows);
+  const size_t results = score_result_bytes(num_rows, num_rows * SamplingParams::kMaxLogprobs);
+  for (Slot& slot : score_slots_) {
+    grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity, upload);
     grow_mirrored(slot.results, slot.results_host, slot.result_capacity, results);
   }
 }
@@ -375,12 +413,13 @@ void GpuSampler::launch_scores(const Tensor& logits, std::span<const int> token_
     total_top += n;
   }
   // Upload: [args]. Results: [num_rows] RowResult, then [total_top] ids, then as many logprobs.
-  // The slot grows first, so a failed allocation leaves no launch counted.
+  // The slot grows first (only past what the constructor reserved), so a failed allocation
+  // leaves no launch counted.
   Slot& slot = score_slots_[num_score_launches_ % kNumSlots];
-  const size_t upload_bytes = args.size() * sizeof(sampling::ScoreArgs);
+  const size_t upload_bytes = score_upload_bytes(num_rows);
   const size_t top_ids_offset = align8(num_rows * sizeof(RowResult));
   const size_t top_logprobs_offset = top_ids_offset + total_top * sizeof(int);
-  const size_t result_bytes = top_logprobs_offset + total_top * sizeof(float);
+  const size_t result_bytes = score_result_bytes(num_rows, total_top);
   if (upload_bytes > slot.upload_capacity) {  // doubled, so a long prompt regrows rarely
     grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity,
                   std::max(upload_bytes, 2 * slot.upload_capacity));

@@ -17,9 +17,10 @@ namespace engine::cuda {
 
 class GpuSampler {
  public:
-  // Allocates every buffer for max_rows x vocab_size once; a larger call grows them (never
-  // shrinks), so steady-state calls allocate nothing.
-  GpuSampler(int max_rows, int vocab_size);
+  // Allocates every buffer for launches of max_rows x vocab_size and launch_scores of
+  // max_score_rows rows once; a larger call grows them (never shrinks), as does a launch whose
+  // penalty, mask and logit_bias ids outgrow its upload, so steady-state calls allocate nothing.
+  GpuSampler(int max_rows, int vocab_size, int max_score_rows = 0);
   ~GpuSampler();
   GpuSampler(const GpuSampler&) = delete;
   GpuSampler& operator=(const GpuSampler&) = delete;
@@ -48,6 +49,9 @@ class GpuSampler {
                      std::span<const int> num_top, cudaStream_t stream);
   std::vector<TokenLogprobs> collect_scores();
 
+  // Device bytes the buffers hold now (pinned host mirrors hold as many again of the slots').
+  size_t held_device_bytes() const;
+
  private:
   // One launch's uploads and results: device buffers with pinned host mirrors.
   struct RowLogprobs {
@@ -68,6 +72,11 @@ class GpuSampler {
   static constexpr int kNumSlots = 2;
 
   void reserve(int num_rows, int vocab_size);
+  // Grows both score slots to hold launch_scores of num_rows rows at the most logprobs.
+  void reserve_scores(int num_rows);
+  // The bytes of a launch_scores upload and of its results.
+  static size_t score_upload_bytes(int num_rows);
+  static size_t score_result_bytes(int num_rows, int total_top);
   // Row r's logprobs from the slot's pinned results.
   static TokenLogprobs read_logprobs(const Slot& slot, size_t r);
   void fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,

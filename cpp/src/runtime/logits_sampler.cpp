@@ -130,10 +130,11 @@ class HostLogitsSampler final : public LogitsSampler {
 
 }  // namespace
 
-std::unique_ptr<LogitsSampler> make_logits_sampler(Backend& backend, int max_rows, int vocab_size) {
+std::unique_ptr<LogitsSampler> make_logits_sampler(Backend& backend, int max_rows,
+                                                   int max_score_rows, int vocab_size) {
 #ifdef EMBER_WITH_CUDA
   if (backend.device_type() == DeviceType::kCuda) {
-    return make_cuda_logits_sampler(backend, max_rows, vocab_size);
+    return make_cuda_logits_sampler(backend, max_rows, max_score_rows, vocab_size);
   }
 #endif
   return std::make_unique<HostLogitsSampler>(backend, max_rows, vocab_size);

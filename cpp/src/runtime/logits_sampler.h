@@ -37,11 +37,13 @@ class LogitsSampler {
 };
 
 // The sampler for this backend: the device sampler where the backend has one, else copy to
-// the host and run Sampler.
-std::unique_ptr<LogitsSampler> make_logits_sampler(Backend& backend, int max_rows, int vocab_size);
+// the host and run Sampler. Its buffers are sized up front for launches of up to max_rows rows
+// and launch_scores of up to max_score_rows, so steps within those allocate nothing.
+std::unique_ptr<LogitsSampler> make_logits_sampler(Backend& backend, int max_rows,
+                                                   int max_score_rows, int vocab_size);
 
 // The CUDA backend's device sampler; defined in cuda/backend/ (builds with EMBER_WITH_CUDA).
 std::unique_ptr<LogitsSampler> make_cuda_logits_sampler(Backend& backend, int max_rows,
-                                                        int vocab_size);
+                                                        int max_score_rows, int vocab_size);
 
 }  // namespace engine

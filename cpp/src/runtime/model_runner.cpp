@@ -47,16 +47,17 @@ ModelRunner::ModelRunner(Backend& backend, Model& model, const RunnerConfig& con
   const ModelConfig& mc = model.config();
   logits_buffer_ = backend.allocate(static_cast<size_t>(max_logits_rows()) * mc.vocab_size *
                                     dtype_size(DType::kF32));
-  sampler_ = make_logits_sampler(backend, config.max_num_seqs, mc.vocab_size);
+  sampler_ =
+      make_logits_sampler(backend, config.max_num_seqs, max_scored_prompt_rows(), mc.vocab_size);
   model.allocate_workspace(config.max_num_batched_tokens, max_logits_rows());
 }
 
-int ModelRunner::max_logits_rows() const {
-  const int scored = config_.max_num_prompt_logprob_tokens > 0
-                         ? config_.max_num_prompt_logprob_tokens
-                         : config_.max_num_batched_tokens;
-  return config_.max_num_seqs + scored;
+int ModelRunner::max_scored_prompt_rows() const {
+  return config_.max_num_prompt_logprob_tokens > 0 ? config_.max_num_prompt_logprob_tokens
+                                                   : config_.max_num_batched_tokens;
 }
+
+int ModelRunner::max_logits_rows() const { return config_.max_num_seqs + max_scored_prompt_rows(); }
 
 DType ModelRunner::kv_cache_dtype() const {
   return config_.kv_cache_dtype.value_or(backend_.compute_dtype());

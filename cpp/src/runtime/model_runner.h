@@ -127,6 +127,8 @@ class ModelRunner {
   std::vector<PromptLogprobsChunk> collect_prompt_scores(const InFlightStep& step);
   std::vector<SamplingRow> sampling_rows(const std::vector<SeqId>& seq_ids) const;
   int max_block_table_width() const;
+  // Scored prompt tokens a step may have (the scheduler's cap, else its token budget).
+  int max_scored_prompt_rows() const;
   // Logits rows a step may have: one per sampled sequence, one per scored prompt token.
   int max_logits_rows() const;
   DType kv_cache_dtype() const;  // config_'s, else the backend's compute dtype
