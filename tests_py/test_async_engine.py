@@ -4,11 +4,13 @@ behind, bad input fails alone, a dead core loop and a shutdown end every request
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -341,6 +343,38 @@ def test_output_thread_stalls_do_not_stall_the_core(engine, monkeypatch):
     assert max(first_batch_tokens) < 200
     for outputs in results:
         assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 200
+
+
+def test_each_output_carries_its_own_metrics(engine):
+    """Every output gets a copy of the request's metrics as they were when it was made: later
+    outputs do not change an earlier one's."""
+
+    async def main():
+        outputs = []
+        async for output in engine.generate("Metrics", greedy(24), "metrics", output_kind="delta"):
+            outputs.append((output, output.metrics.num_generation_tokens))
+            await asyncio.sleep(0.005)  # some outputs come merged, most one by one
+        return outputs
+
+    outputs = run(main())
+    assert len(outputs) > 1
+    assert len({id(output.metrics) for output, _ in outputs}) == len(outputs)
+    received = 0
+    for output, seen in outputs:
+        received += len(output.outputs[0].token_ids)
+        assert output.metrics.num_generation_tokens == seen == received
+    first = outputs[0][0].metrics
+    assert first.finished_time is None and outputs[-1][0].metrics.finished_time is not None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_core_and_output_threads_are_named_for_the_os(engine):
+    """So top -H, py-spy and .ci/serve-host-cost can tell where a server's time goes."""
+    names = {
+        Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        for tid in os.listdir("/proc/self/task")
+    }
+    assert {"ember-core", "ember-output"} <= names
 
 
 def test_text_helpers(engine):

@@ -72,6 +72,27 @@ def test_core_finish_reasons_pass_through():
     assert out.outputs[0].logprobs is None and out.outputs[0].cumulative_logprob is None
 
 
+def test_token_count_and_finished_follow_every_sample():
+    """num_output_tokens and finished are counts kept as tokens arrive: a stop string in the
+    middle of a delta drops the tokens after it, and the tracker finishes with its last sample."""
+    tokenizer = byte_level_tokenizer()
+    tracker = make_tracker(SamplingParams(n=2, stop=["fox"], max_tokens=50), tokenizer)
+    ids = tokenizer("the fox jumps", add_special_tokens=False).input_ids
+    fox_end = next(i for i in range(len(ids)) if "fox" in tokenizer.decode(ids[: i + 1])) + 1
+    assert fox_end < len(ids)
+    assert tracker.apply(step_output(completion(0, ids), completion(1, [5, 6]))) == [0]
+    assert tracker.num_output_tokens == fox_end + 2
+    assert not tracker.finished
+    tracker.apply(step_output(completion(0, [7], "abort"), completion(1, [8])))  # abort echo
+    assert tracker.num_output_tokens == fox_end + 3
+    assert not tracker.finished
+    tracker.apply(step_output(completion(1, [], "length")))
+    assert tracker.finished
+    out = tracker.to_output()
+    assert tracker.num_output_tokens == sum(len(c.token_ids) for c in out.outputs)
+    assert [c.finish_reason for c in out.outputs] == ["stop", "length"]
+
+
 def test_logprobs_hold_sampled_token_and_top_n():
     tracker = make_tracker(SamplingParams(logprobs=2))
     token = SimpleNamespace(token_id=9, logprob=-1.5, rank=3, top=[(4, -0.5), (5, -1.0)])

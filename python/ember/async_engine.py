@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import dataclasses
 import os
 import threading
 import time
@@ -235,6 +234,7 @@ class AsyncEngine(_EngineBase):
     # ----- the output thread ------------------------------------------------------------------
 
     def _run_output_thread(self) -> None:
+        _core.name_os_thread("ember-output")
         try:
             while True:
                 outputs = self._core.wait_outputs(None)  # the GIL is released while it waits
@@ -365,7 +365,7 @@ class _Request:
             output = None
         if output is None:
             return None
-        output.metrics = dataclasses.replace(metrics)
+        output.metrics = metrics.snapshot()
         self.delivered_final = finished
         return output
 

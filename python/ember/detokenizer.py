@@ -8,6 +8,8 @@ the end of the prompt, for fast tokenizers; a prefix/read-offset scheme for the 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from tokenizers.decoders import DecodeStream
 
 # Prompt tokens given as context: enough for any decoder's look-behind (a space marker, a
@@ -16,37 +18,37 @@ _NUM_CONTEXT_TOKENS = 8
 _REPLACEMENT_CHAR = "\ufffd"
 
 
-class IncrementalDetokenizer:
-    """The text of one sample's generated tokens, grown one batch of tokens at a time.
+class IncrementalDetokenizer(Protocol):
+    """The text of one sample's generated tokens, one token at a time.
 
-    `text` equals tokenizer.decode(token_ids, skip_special_tokens=...) for byte-level BPE
-    tokenizers; for SentencePiece ones the first token keeps its leading space, as it should when
-    the text continues the prompt.
+    The deltas that add() returns concatenate to tokenizer.decode(token_ids,
+    skip_special_tokens=...) for byte-level BPE tokenizers; for SentencePiece ones the first
+    token keeps its leading space, as it should when the text continues the prompt.
     """
 
-    def __init__(self, tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True):
-        context = list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:])
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            self._decoder = _StreamDecoder(backend, context, skip_special_tokens)
-        else:
-            self._decoder = _OffsetDecoder(tokenizer, context, skip_special_tokens)
-        self.text = ""
+    def add(self, token_id: int) -> str:
+        """Appends a token; returns the text it completed (may be "" mid-character)."""
 
-    def add(self, token_ids: list[int]) -> str:
-        """Appends tokens; returns the text they completed (may be "" mid-character)."""
-        delta = "".join(self._decoder.add(token_id) for token_id in token_ids)
-        self.text += delta
-        return delta
+
+def make_incremental_detokenizer(
+    tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True
+) -> IncrementalDetokenizer:
+    context = list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return _StreamDecoder(backend, context, skip_special_tokens)
+    return _OffsetDecoder(tokenizer, context, skip_special_tokens)
 
 
 class _StreamDecoder:
+    # NOTE: add() runs once per generated token on the server's output thread, so it is one
+    # call into tokenizers and nothing more.
     def __init__(self, backend, context: list[int], skip_special_tokens: bool):
+        self._step = DecodeStream(ids=context, skip_special_tokens=skip_special_tokens).step
         self._backend = backend
-        self._stream = DecodeStream(ids=context, skip_special_tokens=skip_special_tokens)
 
     def add(self, token_id: int) -> str:
-        return self._stream.step(self._backend, token_id) or ""
+        return self._step(self._backend, token_id) or ""
 
 
 class _OffsetDecoder:

@@ -58,6 +58,12 @@ class RequestMetrics:
     finished_time: float | None = None
     num_generation_tokens: int = 0  # so far, over every sample
 
+    def snapshot(self) -> RequestMetrics:
+        """A copy of every field; a third of dataclasses.replace's cost (once per output)."""
+        copied = object.__new__(RequestMetrics)
+        copied.__dict__.update(self.__dict__)
+        return copied
+
 
 @dataclass
 class RequestOutput:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ember.detokenizer import IncrementalDetokenizer, find_stop_string
+from ember.detokenizer import (
+    IncrementalDetokenizer,
+    find_stop_string,
+    make_incremental_detokenizer,
+)
 from ember.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -57,21 +61,20 @@ class RequestTracker:
             _Sample(i, self._make_detokenizer(tokenizer), params.logprobs is not None)
             for i in range(params.n)
         ]
+        # Kept as counts (not sums over the samples): read several times per token.
+        self.num_output_tokens = 0  # over every sample
+        self._num_unfinished = params.n
 
     def _make_detokenizer(self, tokenizer) -> IncrementalDetokenizer | None:
         if tokenizer is None:
             return None
-        return IncrementalDetokenizer(
+        return make_incremental_detokenizer(
             tokenizer, self.prompt_token_ids, self.params.skip_special_tokens
         )
 
     @property
     def finished(self) -> bool:
-        return all(s.finish_reason is not None for s in self._samples)
-
-    @property
-    def num_output_tokens(self) -> int:
-        return sum(len(s.token_ids) for s in self._samples)
+        return self._num_unfinished == 0
 
     def apply(self, core_output) -> list[int]:
         """Takes one step()'s output; returns the sample indices that the core must abort."""
@@ -92,17 +95,22 @@ class RequestTracker:
         logprobs = completion.logprobs
         for position, token_id in enumerate(completion.token_ids):
             sample.token_ids.append(token_id)
+            self.num_output_tokens += 1
             if sample.logprobs is not None and position < len(logprobs):
                 self._append_logprobs(sample, logprobs[position])
             if sample.detokenizer is not None and self._hit_stop_string(sample, token_id):
                 return True
         if completion.finish_reason is not None:
-            sample.finish_reason = completion.finish_reason
-            sample.stop_reason = completion.stop_token_id
+            self._finish(sample, completion.finish_reason, completion.stop_token_id)
         return False
 
+    def _finish(self, sample: _Sample, reason: str, stop_reason: int | str | None) -> None:
+        sample.finish_reason = reason
+        sample.stop_reason = stop_reason
+        self._num_unfinished -= 1
+
     def _hit_stop_string(self, sample: _Sample, token_id: int) -> bool:
-        delta = sample.detokenizer.add([token_id])
+        delta = sample.detokenizer.add(token_id)
         sample.text += delta
         # NOTE: as in vLLM, stop strings are not looked for before min_tokens tokens.
         if len(sample.token_ids) < self.params.min_tokens:
@@ -112,8 +120,7 @@ class RequestTracker:
             return False
         position, stop = match
         sample.text = sample.text[:position]
-        sample.finish_reason = "stop"
-        sample.stop_reason = stop
+        self._finish(sample, "stop", stop)
         return True
 
     def _take_prompt_logprobs(self, core_output) -> None:

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <utility>
 
+#ifdef __linux__
+#include <pthread.h>
+#endif
+
 namespace engine {
 namespace {
 
@@ -122,6 +126,10 @@ void EngineLoop::fail_next_step(const std::string& message) {
 }
 
 void EngineLoop::run() {
+#ifdef __linux__
+  // Named, so top -H, py-spy and /proc show which thread the core's time goes to.
+  pthread_setname_np(pthread_self(), "ember-core");
+#endif
   std::optional<std::string> error;
   try {
     bool aborted_all = false;
