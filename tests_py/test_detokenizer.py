@@ -6,6 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ember.bench_tokenizer import train_byte_level_bpe
 from ember.detokenizer import find_stop_string, make_incremental_detokenizer
 
 # Non-ASCII text the tokenizer never merged: its characters are split across byte tokens.
@@ -21,17 +22,7 @@ TEXTS = [
 @functools.cache
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     """A tiny byte-level BPE (GPT-2 style), trained offline; few merges beyond the bytes."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 5, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    return train_byte_level_bpe(["the quick brown fox jumps over the lazy dog"] * 5, 300)
 
 
 def metaspace_tokenizer() -> PreTrainedTokenizerFast:
