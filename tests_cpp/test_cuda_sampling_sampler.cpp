@@ -388,11 +388,20 @@ TEST_F(CudaSampling, PenaltiesCountAPendingOutputOfThePreviousLaunch) {
     full_rows[r].output_token_ids = full[r];
   }
   DeviceTensor device_b = upload(logits_b, kRows, kVocab);
+  // Refused launches count nothing: a pending output with no launch before it, then one from a
+  // row the launch before does not have. The collects below still read A, then B.
+  expect_logic_error([&] { sampler.launch(device_b.tensor, pending_rows, nullptr); },
+                     "nothing was launched");
   sampler.launch(device_a.tensor, rows_a, nullptr);
+  std::vector<SamplingRow> bad_rows = pending_rows;
+  bad_rows[0].pending_row = kRows;
+  EXPECT_THROW(sampler.launch(device_b.tensor, bad_rows, nullptr), std::out_of_range);
   sampler.launch(device_b.tensor, pending_rows, nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  sampler.collect();
+  const std::vector<SampleResult> got_a = sampler.collect();
+  for (int r = 0; r < kRows; ++r) EXPECT_EQ(got_a[r].token_id, best[r]) << "row " << r;
   const std::vector<SampleResult> got = sampler.collect();
+  expect_logic_error([&] { sampler.collect(); }, "every launch has been collected");
   std::vector<float> processed = logits_b;
   const std::vector<SampleResult> want =
       Sampler().sample(processed.data(), kVocab, full_rows);  // the CPU spec

@@ -100,6 +100,22 @@ TEST(StepInputs, ConsecutiveStepsWriteDifferentHostBuffers) {
   EXPECT_EQ(first, third);
 }
 
+// A step that fails between begin() and upload() (its inputs could not be written) uploads
+// nothing: the next step must still avoid the buffer of the last step uploaded, whose copy may
+// be queued.
+TEST(StepInputs, AStepNeverUploadedDoesNotTurnTheBuffers) {
+  auto backend = make_cpu_backend(1);
+  StepInputs inputs(*backend, 16, 4, 3);
+  const StepShape shape{4, 4, 4, 3};
+  int32_t* uploaded = inputs.begin(shape).input_ids;
+  inputs.upload();
+  int32_t* failed = inputs.begin(shape).input_ids;  // never uploaded
+  int32_t* next = inputs.begin(shape).input_ids;
+  EXPECT_NE(failed, uploaded);
+  EXPECT_NE(next, uploaded);
+  EXPECT_EQ(next, failed);
+}
+
 TEST(DecodeGraphs, BatchSizesAreOneTwoFourThenMultiplesOfEight) {
   EXPECT_EQ(decode_graph_batch_sizes(1), (std::vector<int>{1}));
   EXPECT_EQ(decode_graph_batch_sizes(3), (std::vector<int>{1, 2, 3}));

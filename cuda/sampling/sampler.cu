@@ -141,12 +141,14 @@ int checked_vocab_size(const char* name, const Tensor& logits, size_t num_rows,
 
 // A device buffer and its pinned host mirror, regrown to `bytes` when smaller (contents
 // dropped). A slot grows only when it is launched again, after its last launch was collected.
+// A failed allocation leaves capacity 0, never a capacity over freed memory.
 void grow_mirrored(char*& device, char*& host, size_t& capacity, size_t bytes) {
   if (bytes <= capacity) return;
   cudaFree(device);
   cudaFreeHost(host);
   device = nullptr;
   host = nullptr;
+  capacity = 0;
   EMBER_CUDA_CHECK(cudaMalloc(&device, bytes));
   EMBER_CUDA_CHECK(cudaMallocHost(&host, bytes));
   capacity = bytes;
@@ -200,18 +202,21 @@ void GpuSampler::reserve(int num_rows, int vocab_size) {
   work_ = nullptr;
   marks_ = nullptr;
   keys_ = nullptr;
+  // Set again only once everything below is allocated: a failure leaves nothing counted.
+  capacity_rows_ = 0;
+  capacity_vocab_ = 0;
   EMBER_CUDA_CHECK(cudaMalloc(&work_, n * sizeof(float)));
   EMBER_CUDA_CHECK(cudaMalloc(&marks_, n * sizeof(int)));
   EMBER_CUDA_CHECK(cudaMalloc(&keys_, n * sizeof(unsigned long long)));
   EMBER_CUDA_CHECK(cudaMemset(marks_, 0, n * sizeof(int)));
-  capacity_rows_ = rows;
-  capacity_vocab_ = vocab;
   const size_t results = align8(rows * sizeof(RowResult)) +
                          static_cast<size_t>(rows) * SamplingParams::kMaxLogprobs * 8;
   for (Slot& slot : slots_) {
     grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity, rows * sizeof(RowArgs));
     grow_mirrored(slot.results, slot.results_host, slot.result_capacity, results);
   }
+  capacity_rows_ = rows;
+  capacity_vocab_ = vocab;
 }
 
 size_t GpuSampler::held_device_bytes() const {
@@ -262,28 +267,24 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   const int vocab_size =
       checked_vocab_size(kName, logits, rows.size(), "the number of sampling rows");
   check_rows(rows, vocab_size);
+  // Everything that can refuse the rows or fail to allocate comes before the launch is counted,
+  // so a throw leaves the sampler as it was. (A CUDA error after that is sticky: the engine
+  // stops.)
   if (num_rows > 0) reserve(num_rows, vocab_size);
   Slot& slot = slots_[num_launches_ % kNumSlots];
-  ++num_launches_;
-  slot.rows.assign(rows.size(), RowLogprobs{-1, 0});
-  if (num_rows == 0) return;
-  auto* results = reinterpret_cast<RowResult*>(slot.results);
-
-  if (all_plain_greedy(rows)) {
-    sampling::argmax_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(logits.ptr<float>(),
-                                                                              vocab_size, results);
-    EMBER_CUDA_CHECK_LAUNCH();
-    EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, results, num_rows * sizeof(RowResult),
-                                     cudaMemcpyDeviceToHost, stream));
-    return;
-  }
-
-  std::vector<RowArgs> args(rows.size());
+  const Slot* previous = num_launches_ > 0 ? &slots_[(num_launches_ - 1) % kNumSlots] : nullptr;
+  const bool greedy = all_plain_greedy(rows);
+  std::vector<RowLogprobs> row_logprobs(rows.size(), RowLogprobs{-1, 0});
+  std::vector<RowArgs> args;
   std::vector<int> tokens, pending;
   int num_top = 0;
-  for (int r = 0; r < num_rows; ++r) {
-    args[r] = make_row_args(rows[r], vocab_size, tokens, pending, num_top);
-    slot.rows[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
+  if (!greedy) {
+    args.resize(rows.size());
+    for (int r = 0; r < num_rows; ++r) {
+      args[r] = make_row_args(rows[r], vocab_size, tokens, pending, num_top);
+      row_logprobs[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
+    }
+    check_pending_rows(previous, pending);
   }
   // Uploads: [args] [tokens] [pending pairs].
   const size_t args_bytes = align8(args.size() * sizeof(RowArgs));
@@ -294,17 +295,40 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
     grow_mirrored(slot.upload, slot.upload_host, slot.upload_capacity,
                   std::max(upload_bytes, 2 * slot.upload_capacity));
   }
+  // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
+  const size_t top_ids_offset = align8(num_rows * sizeof(RowResult));
+  const size_t top_logprobs_offset = top_ids_offset + num_top * sizeof(int);
+  const size_t result_bytes = top_logprobs_offset + num_top * sizeof(float);
+  if (result_bytes > slot.result_capacity) {
+    throw std::logic_error("GpuSampler::launch: " + std::to_string(result_bytes) +
+                           " result bytes exceed the slot's " +
+                           std::to_string(slot.result_capacity));
+  }
+
+  ++num_launches_;
+  slot.rows = std::move(row_logprobs);
+  slot.top_ids_offset = top_ids_offset;
+  slot.top_logprobs_offset = top_logprobs_offset;
+  if (num_rows == 0) return;
+  auto* results = reinterpret_cast<RowResult*>(slot.results);
+  if (greedy) {
+    sampling::argmax_rows_kernel<<<num_rows, sampling::kThreads, 0, stream>>>(logits.ptr<float>(),
+                                                                              vocab_size, results);
+    EMBER_CUDA_CHECK_LAUNCH();
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(slot.results_host, results, num_rows * sizeof(RowResult),
+                                     cudaMemcpyDeviceToHost, stream));
+    return;
+  }
   std::memcpy(slot.upload_host, args.data(), args.size() * sizeof(RowArgs));
-  std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens_bytes);
-  std::memcpy(slot.upload_host + args_bytes + tokens_bytes, pending.data(), pending_bytes);
+  if (!tokens.empty()) std::memcpy(slot.upload_host + args_bytes, tokens.data(), tokens_bytes);
+  if (!pending.empty()) {
+    std::memcpy(slot.upload_host + args_bytes + tokens_bytes, pending.data(), pending_bytes);
+  }
   EMBER_CUDA_CHECK(
       cudaMemcpyAsync(slot.upload, slot.upload_host, upload_bytes, cudaMemcpyHostToDevice, stream));
-  if (!pending.empty()) fill_pending_outputs(slot, args_bytes, tokens_bytes, pending, stream);
-
-  // Results: [num_rows] RowResult, then [num_top] ids, then [num_top] logprobs.
-  slot.top_ids_offset = align8(num_rows * sizeof(RowResult));
-  slot.top_logprobs_offset = slot.top_ids_offset + num_top * sizeof(int);
-  const size_t result_bytes = slot.top_logprobs_offset + num_top * sizeof(float);
+  if (!pending.empty()) {
+    fill_pending_outputs(*previous, slot, args_bytes, tokens_bytes, pending.size() / 2, stream);
+  }
   // Fixed-point masses: vocab_size weights of at most 1 stay below 2^62.
   const int shift = 62 - std::bit_width(static_cast<unsigned>(vocab_size));
   const sampling::Workspace ws{work_, marks_, reinterpret_cast<uint64_t*>(keys_)};
@@ -318,27 +342,34 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
                                    cudaMemcpyDeviceToHost, stream));
 }
 
-// The outputs still being sampled by the previous launch, copied on the device from its
-// results into this launch's uploaded tokens (pairs: slot in tokens, row of that launch).
-void GpuSampler::fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,
-                                      const std::vector<int>& pending, cudaStream_t stream) const {
-  if (num_launches_ < 2) {
+// Pending outputs (pairs: slot in tokens, row) are sampled by the previous launch: it must exist
+// and have those rows.
+void GpuSampler::check_pending_rows(const Slot* previous, const std::vector<int>& pending) {
+  if (pending.empty()) return;
+  if (previous == nullptr) {
     throw std::logic_error("GpuSampler: a row has a pending output but nothing was launched");
   }
-  const Slot& previous = slots_[(num_launches_ - 2) % kNumSlots];
-  const int num_pending = static_cast<int>(pending.size() / 2);
-  for (int p = 0; p < num_pending; ++p) {
-    if (pending[2 * p + 1] >= static_cast<int>(previous.rows.size())) {
+  for (size_t p = 1; p < pending.size(); p += 2) {
+    if (pending[p] >= static_cast<int>(previous->rows.size())) {
       throw std::out_of_range("GpuSampler: a pending output from row " +
-                              std::to_string(pending[2 * p + 1]) + " of a launch of " +
-                              std::to_string(previous.rows.size()));
+                              std::to_string(pending[p]) + " of a launch of " +
+                              std::to_string(previous->rows.size()));
     }
   }
+}
+
+// The outputs still being sampled by the previous launch, copied on the device from its
+// results into this launch's uploaded tokens.
+void GpuSampler::fill_pending_outputs(const Slot& previous, const Slot& slot, size_t args_bytes,
+                                      size_t tokens_bytes, size_t num_pending,
+                                      cudaStream_t stream) {
   constexpr int kBlock = 128;
-  sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
+  const int blocks = static_cast<int>((num_pending + kBlock - 1) / kBlock);
+  sampling::write_sampled_ids_kernel<<<blocks, kBlock, 0, stream>>>(
       reinterpret_cast<const RowResult*>(previous.results), static_cast<int>(previous.rows.size()),
-      reinterpret_cast<const int32_t*>(slot.upload + args_bytes + tokens_bytes), num_pending,
-      reinterpret_cast<int32_t*>(slot.upload + args_bytes));
+      reinterpret_cast<const int32_t*>(slot.upload + args_bytes + tokens_bytes),
+      static_cast<int>(num_pending), reinterpret_cast<int32_t*>(slot.upload + args_bytes),
+      static_cast<int>(tokens_bytes / sizeof(int32_t)));
   EMBER_CUDA_CHECK_LAUNCH();
 }
 
@@ -348,6 +379,7 @@ void GpuSampler::write_sampled_ids(const Tensor& input_ids, const Tensor& pendin
   arg_check::dtype(kName, "input_ids", input_ids, DType::kI32);
   arg_check::dtype(kName, "pending", pending, DType::kI32);
   arg_check::rank(kName, "pending", pending, 2);
+  arg_check::size(kName, "pending", pending, 1, 2, "a token index and a row");
   const int num_pending = static_cast<int>(pending.size(0));
   if (num_pending == 0) return;
   if (num_launches_ == 0) {
@@ -357,7 +389,8 @@ void GpuSampler::write_sampled_ids(const Tensor& input_ids, const Tensor& pendin
   constexpr int kBlock = 128;
   sampling::write_sampled_ids_kernel<<<(num_pending + kBlock - 1) / kBlock, kBlock, 0, stream>>>(
       reinterpret_cast<const RowResult*>(slot.results), static_cast<int>(slot.rows.size()),
-      pending.ptr<int32_t>(), num_pending, input_ids.ptr<int32_t>());
+      pending.ptr<int32_t>(), num_pending, input_ids.ptr<int32_t>(),
+      static_cast<int>(input_ids.numel()));
   EMBER_CUDA_CHECK_LAUNCH();
 }
 

@@ -660,12 +660,14 @@ __global__ void write_sampled_ids_kernel(const RowResult* __restrict__ results, 
                                          int num_rows,
                                          const int32_t* __restrict__ pending,  // [P, 2]
                                          int num_pending,
-                                         int32_t* __restrict__ input_ids) {  // [T]
+                                         int32_t* __restrict__ input_ids,  // [T]
+                                         int num_inputs) {                 // T
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= num_pending) return;
   const int row = pending[2 * p + 1];
-  if (row < 0 || row >= num_rows) __trap();
-  input_ids[pending[2 * p]] = results[row].token_id;
+  const int index = pending[2 * p];
+  if (row < 0 || row >= num_rows || index < 0 || index >= num_inputs) __trap();
+  input_ids[index] = results[row].token_id;
 }
 
 }  // namespace engine::cuda::sampling

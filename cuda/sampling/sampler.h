@@ -79,8 +79,9 @@ class GpuSampler {
   static size_t score_result_bytes(int num_rows, int total_top);
   // Row r's logprobs from the slot's pinned results.
   static TokenLogprobs read_logprobs(const Slot& slot, size_t r);
-  void fill_pending_outputs(const Slot& slot, size_t args_bytes, size_t tokens_bytes,
-                            const std::vector<int>& pending, cudaStream_t stream) const;
+  static void check_pending_rows(const Slot* previous, const std::vector<int>& pending);
+  static void fill_pending_outputs(const Slot& previous, const Slot& slot, size_t args_bytes,
+                                   size_t tokens_bytes, size_t num_pending, cudaStream_t stream);
   void release();
 
   int capacity_rows_ = 0;

@@ -19,7 +19,9 @@ std::vector<int> decode_graph_batch_sizes(int max_batch);
 
 class DecodeGraphs {
  public:
-  // inputs: the device address of the step inputs the graph reads; replay checks it is unchanged.
+  // inputs: where the step's pending-token pairs start on the device, after every array the
+  // graph reads (StepInputs packs them last); replay checks it is unchanged, so the arrays
+  // before it have the sizes and addresses the graph recorded.
   void add(int batch_size, std::unique_ptr<CapturedGraph> graph, const void* inputs);
   // The smallest captured batch size >= num_seqs, if any.
   std::optional<int> bucket_for(int num_seqs) const;

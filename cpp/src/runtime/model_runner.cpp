@@ -184,7 +184,7 @@ void ModelRunner::capture_decode_graphs() {
     auto forward = [this, plan, device] {
       run_forward(plan, device, kv_cache_, logits_buffer_.data());
     };
-    graphs_.add(size, backend_.capture(forward), device.input_ids.data);
+    graphs_.add(size, backend_.capture(forward), device.pending_tokens.data);
   }
 }
 
@@ -405,11 +405,10 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   if (plan.shape.num_pending > 0)
     sampler_->write_sampled_ids(device.input_ids, device.pending_tokens);
   if (plan.graph_batch_size) {
-    graphs_.replay(*plan.graph_batch_size, device.input_ids.data);
+    graphs_.replay(*plan.graph_batch_size, device.pending_tokens.data);
   } else {
     run_forward(plan, device, kv_cache_, logits);
   }
-  ++num_in_flight_;
   const int64_t num_rows = static_cast<int64_t>(step.sampled_seq_ids.size());
   if (num_rows > 0) {
     // Built while the device runs the forward.
@@ -421,6 +420,8 @@ void ModelRunner::launch(const SchedulerOutput& scheduled) {
   }
   launch_prompt_scores(step, logits);
   step.fence = backend_.record_fence();
+  // Counted last: a step that threw on the way never looks in flight with a stale fence.
+  ++num_in_flight_;
 }
 
 ModelRunnerOutput ModelRunner::finish() {

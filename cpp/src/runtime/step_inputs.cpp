@@ -50,7 +50,7 @@ HostStepArrays StepInputs::begin(const StepShape& shape) {
         std::to_string(shape.num_pending) + " pending tokens exceeds the step buffers");
   }
   shape_ = shape;
-  host_index_ ^= 1;
+  writing_index_ = uploaded_index_ ^ 1;
   const size_t sizes[kNumArrays] = {size_t(shape.num_tokens),
                                     size_t(shape.num_tokens),
                                     size_t(shape.num_tokens),
@@ -61,7 +61,7 @@ HostStepArrays StepInputs::begin(const StepShape& shape) {
                                     2 * size_t(shape.num_pending)};
   offsets_[0] = 0;
   for (int a = 0; a < kNumArrays; ++a) offsets_[a + 1] = offsets_[a] + sizes[a];
-  auto* base = static_cast<int32_t*>(host_[host_index_].data());
+  auto* base = static_cast<int32_t*>(host_[writing_index_].data());
   return HostStepArrays{base + offsets_[kInputIds],      base + offsets_[kPositions],
                         base + offsets_[kSlotMapping],   base + offsets_[kLogitsIndices],
                         base + offsets_[kQueryStartLoc], base + offsets_[kSeqLens],
@@ -73,7 +73,8 @@ DeviceStepArrays StepInputs::upload() {
   const DeviceType device = backend_.device_type();
   auto* base = static_cast<int32_t*>(device_.data());
   backend_.copy_from_host_async(Tensor(base, DType::kI32, {total}, device),
-                                host_[host_index_].data());
+                                host_[writing_index_].data());
+  uploaded_index_ = writing_index_;
   auto array = [&](int a) {
     return Tensor(base + offsets_[a], DType::kI32,
                   {static_cast<int64_t>(offsets_[a + 1] - offsets_[a])}, device);

@@ -69,7 +69,10 @@ class StepInputs {
   Backend& backend_;
   int max_tokens_, max_seqs_, max_width_, max_logits_;
   Buffer host_[2], device_;
-  int host_index_ = 0;  // the half of host_ the current step writes
+  // The half of host_ begin() hands out: never the half of the last step uploaded, whose copy
+  // may still be queued, even when a step fails between begin() and upload().
+  int writing_index_ = 0;
+  int uploaded_index_ = 1;
   StepShape shape_;
   size_t offsets_[9] = {};  // in int32 elements; [8] is the total
 };
