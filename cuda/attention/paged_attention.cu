@@ -210,19 +210,31 @@ LaunchShape plan_decode_launch(int64_t num_q_heads, int64_t num_kv_heads, int he
   return s;
 }
 
-// Launches decode::paged_decode_kernel, asking once per instantiation for the shared-memory
-// carveout that lets kMinCtasPerSm CTAs of 48 KB share an SM (a preference for occupancy;
-// results do not depend on it).
+// Raises a kernel's dynamic shared-memory limit (past the 48 KB a launch gets by default) once
+// per device and instantiation, with the carveout preference that lets its CTAs share an SM.
+template <typename Kernel>
+void configure_once(std::array<std::once_flag, kMaxDevices>& configured, Kernel* kernel,
+                    size_t shared_bytes) {
+  int device = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= kMaxDevices) fail("device index " + std::to_string(device) + " >= 64");
+  std::call_once(configured[device], [kernel, shared_bytes] {
+    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          cudaSharedmemCarveoutMaxShared));
+  });
+}
+
+// Launches decode::paged_decode_kernel, asking once per device and instantiation for the
+// shared-memory carveout that lets kMinCtasPerSm CTAs of 48 KB (static) share an SM (a
+// preference for occupancy; results do not depend on it).
 template <typename T, typename C, int kHeadDim, int kHeads>
 void launch_decode(const PagedAttentionParams<T, C>& p, dim3 grid, cudaStream_t stream) {
-  static std::once_flag carveout_set;
-  std::call_once(carveout_set, [] {
-    EMBER_CUDA_CHECK(cudaFuncSetAttribute(
-        attention::decode::paged_decode_kernel<T, C, kHeadDim, kHeads>,
-        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  });
-  attention::decode::paged_decode_kernel<T, C, kHeadDim, kHeads>
-      <<<grid, attention::decode::kThreads, 0, stream>>>(p);
+  auto* kernel = attention::decode::paged_decode_kernel<T, C, kHeadDim, kHeads>;
+  static std::array<std::once_flag, kMaxDevices> configured;
+  configure_once(configured, kernel, 0);
+  kernel<<<grid, attention::decode::kThreads, 0, stream>>>(p);
 }
 
 // The fields the decode and prefill kernels' parameters share: tensors, shapes, the scales (the k
@@ -293,22 +305,6 @@ void run_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const
             out.ptr<T>(), p.partial_out, p.partial_max, p.partial_sum, num_rows, shape.num_splits);
     EMBER_CUDA_CHECK_LAUNCH();
   }
-}
-
-// Raises a kernel's dynamic shared-memory limit (past the 48 KB a launch gets by default) once
-// per device and instantiation, with the carveout preference that lets its CTAs share an SM.
-template <typename Kernel>
-void configure_once(std::array<std::once_flag, kMaxDevices>& configured, Kernel* kernel,
-                    size_t shared_bytes) {
-  int device = 0;
-  EMBER_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= kMaxDevices) fail("device index " + std::to_string(device) + " >= 64");
-  std::call_once(configured[device], [kernel, shared_bytes] {
-    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shared_bytes)));
-    EMBER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          cudaSharedmemCarveoutMaxShared));
-  });
 }
 
 // Whether the current device runs the wgmma kernel: a Hopper (sm_90) device, and this build

@@ -82,7 +82,10 @@ __device__ __forceinline__ bool plan_decode(const Params& p, DecodeWork& w) {
   const int pos = seq_len - 1;  // the new token's position
   const int split_begin = w.split * p.keys_per_split;
   w.key_begin = max(p.has_window ? max(0, pos - p.window + 1) : 0, split_begin);
-  w.key_end = min(seq_len, split_begin + p.keys_per_split);
+  // The last split takes every key left, whatever max_seq_len the host planned with.
+  w.key_end = w.split == static_cast<int>(gridDim.z) - 1
+                  ? seq_len
+                  : min(seq_len, split_begin + p.keys_per_split);
   return true;
 }
 

@@ -22,11 +22,13 @@ struct AttentionMetadata {
   int max_query_len = 0;
   int max_seq_len = 0;
   int max_blocks_per_seq = 0;  // columns of block_table
-  Tensor query_start_loc;      // [B + 1] i32, prefix sums of query lengths
-  Tensor seq_lens;             // [B] i32, tokens in context after this step (cached + new)
-  Tensor block_table;          // [B, max_blocks_per_seq] i32, padded with the null block 0
-  Tensor slot_mapping;         // [T] i32, cache slot of each new token: block * block_size + offset
-  Tensor positions;            // [T] i32, position of each new token within its sequence
+  // [B + 1] i32, prefix sums of query lengths, ending at T: every token belongs to a sequence
+  // (the CPU backend checks it; the CUDA kernels cannot without a sync, and trust it)
+  Tensor query_start_loc;
+  Tensor seq_lens;      // [B] i32, tokens in context after this step (cached + new)
+  Tensor block_table;   // [B, max_blocks_per_seq] i32, padded with the null block 0
+  Tensor slot_mapping;  // [T] i32, cache slot of each new token: block * block_size + offset
+  Tensor positions;     // [T] i32, position of each new token within its sequence
 };
 
 // Per-tensor scales of a KV cache: the cache stores k / k and v / v in its dtype, and attention
