@@ -427,6 +427,38 @@ void expect_same_scores(const std::vector<TokenLogprobs>& got,
   }
 }
 
+// -0 and +0 are equal on the CPU, so a row whose best logits are zeros of both signs ties them:
+// greedy takes the smaller id (of either sign), and the top logprobs list them by id.
+TEST_F(CudaSampling, SignedZerosTieAsOnTheCpu) {
+  constexpr int kVocab = 1000;
+  std::mt19937 rng(5);
+  std::vector<float> logits(2 * kVocab);
+  for (float& v : logits) v = -1.0f - static_cast<float>(rng() % 1000) / 100.0f;
+  logits[17] = 0.0f;  // row 0: +0 first
+  logits[400] = -0.0f;
+  logits[kVocab + 30] = -0.0f;  // row 1: -0 first
+  logits[kVocab + 600] = 0.0f;
+  SamplingParams greedy = make_params(0.0f, 0, 1.0f, 0.0f);
+  greedy.logprobs = 3;
+  std::vector<SamplingRow> rows(2);
+  for (SamplingRow& row : rows) row.params = &greedy;
+  DeviceTensor device = upload(logits, 2, kVocab);
+  cuda::GpuSampler sampler(2, kVocab);
+  const std::vector<SampleResult> got = sampler.sample(device.tensor, rows, nullptr);
+  std::vector<float> processed = logits;
+  const std::vector<SampleResult> want = Sampler().sample(processed.data(), kVocab, rows);
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE(testing::Message() << "row " << r);
+    EXPECT_EQ(got[r].token_id, r == 0 ? 17 : 30);
+    EXPECT_EQ(got[r].token_id, want[r].token_id);
+    ASSERT_TRUE(got[r].logprobs.has_value() && want[r].logprobs.has_value());
+    ASSERT_EQ(got[r].logprobs->top.size(), want[r].logprobs->top.size());
+    for (size_t j = 0; j < want[r].logprobs->top.size(); ++j) {
+      EXPECT_EQ(got[r].logprobs->top[j].first, want[r].logprobs->top[j].first) << "top " << j;
+    }
+  }
+}
+
 // Prompt logprobs on the device against score_tokens (the CPU spec): random targets (a row's
 // best and worst tokens among them) and every top-N from 0 to 20, on distinct and on tied
 // logits, with two launches outstanding; then the arguments it refuses.

@@ -81,8 +81,9 @@ struct SumOp {
 
 // The CPU's argmax: the largest value, ties to the smaller id (NaN is never larger). Packed
 // into one 64-bit key (orderable value bits high, inverted id low) so one max reduction works.
+// -0 and +0 get one key: they compare equal on the CPU, so they tie.
 __device__ inline uint32_t orderable(float v) {
-  const uint32_t b = __float_as_uint(v);
+  const uint32_t b = v == 0.0f ? 0u : __float_as_uint(v);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
