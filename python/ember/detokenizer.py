@@ -33,6 +33,8 @@ class IncrementalDetokenizer(Protocol):
 def make_incremental_detokenizer(
     tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True
 ) -> IncrementalDetokenizer:
+    """The detokenizer of one sample continuing this prompt: tokenizers' DecodeStream for fast
+    tokenizers, a decode window for the rest."""
     context = list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:])
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
