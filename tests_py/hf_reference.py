@@ -185,3 +185,12 @@ def mixed_prompts(tokenizer, vocab_size: int, seed: int = 0) -> list:
         "The river starts high in the hills, where snow melts each spring",
         [rng.choice(ordinary) for _ in range(118)],
     ]
+
+
+def check_greedy_on_mixed_prompts(engine, reference_model, tokenizer, max_tokens: int) -> None:
+    """The engine's greedy tokens on mixed_prompts against the reference model's (vLLM's
+    near-tie rule)."""
+    prompts = mixed_prompts(tokenizer, len(tokenizer))
+    outputs = engine.generate(prompts, greedy_params(max_tokens), use_tqdm=False)
+    reference = hf_greedy(reference_model, [encode(tokenizer, p) for p in prompts], max_tokens)
+    check_outputs_close(ember_sequences(outputs), reference)

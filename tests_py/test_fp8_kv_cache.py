@@ -11,11 +11,11 @@ import torch
 from conftest import ARCHITECTURES, cpu_engine, cuda_engine
 from ember import SamplingParams
 from hf_reference import (
+    check_greedy_on_mixed_prompts,
     check_logprobs_close,
     check_outputs_close,
     ember_sequences,
     encode,
-    greedy_params,
     hf_greedy,
     hf_greedy_one,
     load_hf_tokenizer,
@@ -168,12 +168,10 @@ def test_gpu_fp8_cache_matches_hf_on_gpu_reading_fp8_kv(arch, tiny_checkpoint, h
     checkpoint = tiny_checkpoint(arch)
     engine = cuda_engine(checkpoint, kv_cache_dtype="fp8", max_num_batched_tokens=64)
     assert engine.model_info.kv_cache_dtype == "float8_e4m3fn"
-    tokenizer = load_hf_tokenizer(checkpoint)
-    prompts = mixed_prompts(tokenizer, len(tokenizer))
-    outputs = engine.generate(prompts, greedy_params(MAX_TOKENS), use_tqdm=False)
     reference_model = hf_fp8_model(checkpoint, device="cuda", dtype=torch.bfloat16)
-    reference = hf_greedy(reference_model, [encode(tokenizer, p) for p in prompts], MAX_TOKENS)
-    check_outputs_close(ember_sequences(outputs), reference)
+    check_greedy_on_mixed_prompts(
+        engine, reference_model, load_hf_tokenizer(checkpoint), MAX_TOKENS
+    )
 
 
 @pytest.mark.slow

@@ -7,11 +7,8 @@ import pytest
 
 from conftest import ARCHITECTURES, cuda_engine
 from hf_reference import (
-    check_outputs_close,
-    ember_sequences,
+    check_greedy_on_mixed_prompts,
     encode,
-    greedy_params,
-    hf_greedy,
     load_hf_tokenizer,
     mixed_prompts,
 )
@@ -26,13 +23,11 @@ def test_greedy_on_gpu_matches_hf_on_gpu(arch, tiny_checkpoint, hf_model):
     checkpoint = tiny_checkpoint(arch)
     engine = cuda_engine(checkpoint)
     assert engine.model_info.device.startswith("cuda")
-    tokenizer = load_hf_tokenizer(checkpoint)
-    prompts = mixed_prompts(tokenizer, len(tokenizer))
-    outputs = engine.generate(prompts, greedy_params(MAX_TOKENS), use_tqdm=False)
     # The reference in the precision ember computes in on the GPU, as vLLM's model tests do.
     reference_model = hf_model(checkpoint, device="cuda", dtype=torch.bfloat16)
-    reference = hf_greedy(reference_model, [encode(tokenizer, p) for p in prompts], MAX_TOKENS)
-    check_outputs_close(ember_sequences(outputs), reference)
+    check_greedy_on_mixed_prompts(
+        engine, reference_model, load_hf_tokenizer(checkpoint), MAX_TOKENS
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

@@ -274,7 +274,9 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   Slot& slot = slots_[num_launches_ % kNumSlots];
   const Slot* previous = num_launches_ > 0 ? &slots_[(num_launches_ - 1) % kNumSlots] : nullptr;
   const bool greedy = all_plain_greedy(rows);
-  std::vector<RowLogprobs> row_logprobs(rows.size(), RowLogprobs{-1, 0});
+  // The slot is free (its last launch was collected), so filling it before the launch counts
+  // changes nothing that is read if a check below throws.
+  slot.rows.assign(rows.size(), RowLogprobs{-1, 0});
   std::vector<RowArgs> args;
   std::vector<int> tokens, pending;
   int num_top = 0;
@@ -282,7 +284,7 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
     args.resize(rows.size());
     for (int r = 0; r < num_rows; ++r) {
       args[r] = make_row_args(rows[r], vocab_size, tokens, pending, num_top);
-      row_logprobs[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
+      slot.rows[r] = RowLogprobs{args[r].num_logprobs, args[r].top_offset};
     }
     check_pending_rows(previous, pending);
   }
@@ -306,7 +308,6 @@ void GpuSampler::launch(const Tensor& logits, const std::vector<SamplingRow>& ro
   }
 
   ++num_launches_;
-  slot.rows = std::move(row_logprobs);
   slot.top_ids_offset = top_ids_offset;
   slot.top_logprobs_offset = top_logprobs_offset;
   if (num_rows == 0) return;
